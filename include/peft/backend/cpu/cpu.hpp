@@ -1,0 +1,8 @@
+#pragma once
+// The CPU backend: Context<Cpu> and every primitive the adapters call.
+
+#include "context.hpp"
+#include "dense.hpp"
+#include "eigen_interop.hpp"
+#include "elementwise.hpp"
+#include "transfer.hpp"

@@ -1,0 +1,123 @@
+#pragma once
+// Owning storage: Matrix<T, B> and Vector<T, B>. Move-only, zero-initialised, 64-byte aligned
+// on the host. Each backend provides detail::Allocator<B> (host memory here, cudaMalloc in
+// backend/cuda).
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "backend.hpp"
+#include "view.hpp"
+
+namespace peft {
+namespace detail {
+
+template <class B>
+struct Allocator;
+
+template <>
+struct Allocator<Cpu> {
+  static constexpr std::size_t alignment = 64;
+  static void* allocate(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+    void* p = std::aligned_alloc(alignment, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+    std::memset(p, 0, rounded);
+    return p;
+  }
+  static void deallocate(void* p) noexcept { std::free(p); }
+};
+
+/// Type-erased owning allocation of `bytes` bytes on backend B.
+template <class B>
+class Allocation {
+ public:
+  Allocation() = default;
+  explicit Allocation(std::size_t bytes) : data_(Allocator<B>::allocate(bytes)), bytes_(bytes) {}
+  Allocation(Allocation&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  Allocation& operator=(Allocation&& o) noexcept {
+    if (this != &o) {
+      Allocator<B>::deallocate(data_);
+      data_ = std::exchange(o.data_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  Allocation(const Allocation&) = delete;
+  Allocation& operator=(const Allocation&) = delete;
+  ~Allocation() { Allocator<B>::deallocate(data_); }
+
+  void* data() const noexcept { return data_; }
+  std::size_t bytes() const noexcept { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+inline std::size_t checked_bytes(index_t count, std::size_t element_size, const char* what) {
+  PEFT_CHECK_SHAPE(count >= 0, what, ": negative element count ", count);
+  return static_cast<std::size_t>(count) * element_size;
+}
+
+}  // namespace detail
+
+/// Owning rows x cols row-major matrix, zero-initialised.
+template <class T, class B>
+class Matrix {
+ public:
+  using value_type = T;
+  using backend_type = B;
+
+  Matrix() = default;
+  Matrix(index_t rows, index_t cols)
+      : storage_(detail::checked_bytes(rows * cols, sizeof(T), "Matrix")), rows_(rows), cols_(cols) {
+    PEFT_CHECK_SHAPE(rows >= 0 && cols >= 0, "Matrix: negative size ", rows, " x ", cols);
+  }
+
+  T* data() noexcept { return static_cast<T*>(storage_.data()); }
+  const T* data() const noexcept { return static_cast<const T*>(storage_.data()); }
+  index_t rows() const noexcept { return rows_; }
+  index_t cols() const noexcept { return cols_; }
+  index_t size() const noexcept { return rows_ * cols_; }
+  bool empty() const noexcept { return size() == 0; }
+
+  MatrixView<T, B> view() noexcept { return {data(), rows_, cols_}; }
+  MatrixView<const T, B> view() const noexcept { return {data(), rows_, cols_}; }
+
+ private:
+  detail::Allocation<B> storage_;
+  index_t rows_ = 0;
+  index_t cols_ = 0;
+};
+
+/// Owning contiguous vector, zero-initialised.
+template <class T, class B>
+class Vector {
+ public:
+  using value_type = T;
+  using backend_type = B;
+
+  Vector() = default;
+  explicit Vector(index_t size)
+      : storage_(detail::checked_bytes(size, sizeof(T), "Vector")), size_(size) {}
+
+  T* data() noexcept { return static_cast<T*>(storage_.data()); }
+  const T* data() const noexcept { return static_cast<const T*>(storage_.data()); }
+  index_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+
+  VectorView<T, B> view() noexcept { return {data(), size_}; }
+  VectorView<const T, B> view() const noexcept { return {data(), size_}; }
+
+ private:
+  detail::Allocation<B> storage_;
+  index_t size_ = 0;
+};
+
+}  // namespace peft

@@ -1,0 +1,19 @@
+#pragma once
+// peft-cpp: everything that needs no CUDA compiler. For the GPU include <peft/cuda.hpp>.
+
+#include "core/adamw_step.hpp"
+#include "core/backend.hpp"
+#include "core/buffer.hpp"
+#include "core/config.hpp"
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/random.hpp"
+#include "core/view.hpp"
+#include "core/workspace.hpp"
+
+#include "backend/cpu/cpu.hpp"
+
+#include "adapters/adapter.hpp"
+#include "adapters/lora.hpp"
+
+#include "train/adamw.hpp"

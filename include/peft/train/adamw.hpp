@@ -1,0 +1,149 @@
+#pragma once
+// AdamW over parameter groups with PyTorch's semantics (decoupled weight decay, bias
+// correction). Each group has its own learning rate and weight decay; after a step the
+// optimizer calls parameters_updated on every layer it stepped.
+
+#include <cmath>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../adapters/adapter.hpp"
+#include "../core/adamw_step.hpp"
+
+namespace peft {
+
+/// torch.optim.AdamW's defaults.
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+};
+
+/// Per-group overrides; unset fields take the optimizer's options.
+struct ParamGroupOptions {
+  std::optional<double> lr;
+  std::optional<double> weight_decay;
+  /// Only the parameters with these names (e.g. {"rosa_S"}); empty = all of the layer's.
+  std::vector<std::string> names;
+};
+
+template <class P, class B>
+class AdamW {
+ public:
+  using Ctx = Context<B>;
+
+  explicit AdamW(const AdamWOptions& options = {}) : options_(options) {
+    PEFT_CHECK_ARG(options.lr >= 0 && std::isfinite(options.lr), "AdamW: lr is ", options.lr,
+                   ", expected a finite value >= 0");
+    PEFT_CHECK_ARG(options.beta1 >= 0 && options.beta1 < 1, "AdamW: beta1 is ", options.beta1,
+                   ", expected in [0, 1)");
+    PEFT_CHECK_ARG(options.beta2 >= 0 && options.beta2 < 1, "AdamW: beta2 is ", options.beta2,
+                   ", expected in [0, 1)");
+    PEFT_CHECK_ARG(options.eps > 0, "AdamW: eps is ", options.eps, ", expected > 0");
+    PEFT_CHECK_ARG(options.weight_decay >= 0, "AdamW: weight_decay is ", options.weight_decay,
+                   ", expected >= 0");
+  }
+
+  /// Adds a layer's parameters (all, or those named in group.names) as one group; the layer's
+  /// parameters_updated runs after every step.
+  template <class Layer>
+    requires Adapter<Layer> && std::is_same_v<typename Layer::param_type, P> &&
+             std::is_same_v<typename Layer::backend_type, B>
+  void add(Layer& layer, const ParamGroupOptions& group = {}) {
+    std::vector<Parameter<P, B>> selected;
+    for (auto& p : layer.parameters()) {
+      if (group.names.empty() || contains(group.names, p.name)) selected.push_back(p);
+    }
+    PEFT_CHECK_ARG(!selected.empty(), "AdamW::add: no parameter of the layer matches the group's "
+                                      "names");
+    add(std::move(selected), group, [&layer](Ctx& ctx) { layer.parameters_updated(ctx); },
+        &layer);
+  }
+
+  /// Adds raw parameters as one group; on_updated (optional) runs after every step.
+  void add(std::vector<Parameter<P, B>> params, const ParamGroupOptions& group = {},
+           std::function<void(Ctx&)> on_updated = {}, const void* owner = nullptr) {
+    Group g;
+    g.lr = group.lr.value_or(options_.lr);
+    g.weight_decay = group.weight_decay.value_or(options_.weight_decay);
+    PEFT_CHECK_ARG(g.lr >= 0 && std::isfinite(g.lr), "AdamW::add: group lr is ", g.lr,
+                   ", expected a finite value >= 0");
+    PEFT_CHECK_ARG(g.weight_decay >= 0, "AdamW::add: group weight_decay is ", g.weight_decay,
+                   ", expected >= 0");
+    for (auto& p : params) {
+      PEFT_CHECK_SHAPE(p.value.rows() == p.grad.rows() && p.value.cols() == p.grad.cols(),
+                       "AdamW::add: parameter ", p.name, " is ", shape_string(p.value),
+                       " but its gradient is ", shape_string(p.grad));
+      g.slots.push_back({p, Matrix<P, B>(p.value.rows(), p.value.cols()),
+                         Matrix<P, B>(p.value.rows(), p.value.cols())});
+    }
+    groups_.push_back(std::move(g));
+    if (on_updated && (owner == nullptr || !has_owner(owner)))
+      callbacks_.push_back({owner, std::move(on_updated)});
+  }
+
+  /// One step over every group, then parameters_updated on the layers.
+  void step(Ctx& ctx) {
+    ++steps_;
+    const double bc1 = 1.0 - std::pow(options_.beta1, double(steps_));
+    const double bc2 = 1.0 - std::pow(options_.beta2, double(steps_));
+    for (auto& g : groups_) {
+      const AdamWStep h{float(g.lr), float(options_.beta1), float(options_.beta2),
+                        float(options_.eps), float(g.weight_decay), float(bc1), float(bc2)};
+      for (auto& s : g.slots)
+        adamw_update(ctx, h, s.param.value, as_const(s.param.grad), s.m.view(), s.v.view());
+    }
+    for (auto& c : callbacks_) c.second(ctx);
+  }
+
+  std::int64_t steps() const noexcept { return steps_; }
+  std::size_t num_groups() const noexcept { return groups_.size(); }
+  double lr(std::size_t group) const { return at(group).lr; }
+  /// For learning-rate schedules.
+  void set_lr(std::size_t group, double lr) {
+    PEFT_CHECK_ARG(lr >= 0 && std::isfinite(lr), "AdamW::set_lr: lr is ", lr,
+                   ", expected a finite value >= 0");
+    at(group).lr = lr;
+  }
+
+ private:
+  struct Slot {
+    Parameter<P, B> param;
+    Matrix<P, B> m;
+    Matrix<P, B> v;
+  };
+  struct Group {
+    std::vector<Slot> slots;
+    double lr = 0;
+    double weight_decay = 0;
+  };
+
+  static bool contains(const std::vector<std::string>& names, const std::string& name) {
+    for (const auto& n : names)
+      if (n == name) return true;
+    return false;
+  }
+  bool has_owner(const void* owner) const {
+    for (const auto& c : callbacks_)
+      if (c.first == owner) return true;
+    return false;
+  }
+  Group& at(std::size_t group) {
+    PEFT_CHECK_ARG(group < groups_.size(), "AdamW: group ", group, " does not exist (",
+                   groups_.size(), " groups)");
+    return groups_[group];
+  }
+  const Group& at(std::size_t group) const { return const_cast<AdamW*>(this)->at(group); }
+
+  AdamWOptions options_;
+  std::vector<Group> groups_;
+  std::vector<std::pair<const void*, std::function<void(Ctx&)>>> callbacks_;
+  std::int64_t steps_ = 0;
+};
+
+}  // namespace peft
