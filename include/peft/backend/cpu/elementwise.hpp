@@ -94,7 +94,8 @@ void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<
                    rows * cols, " elements exceed one random stream (", kMaxStreamElements, ")");
   const RandomStream s = *stream;
   const std::uint32_t threshold = dropout_threshold(p);
-  const float keep_scale = 1.0f / (1.0f - p);
+  using S = accum_t<std::remove_const_t<T>>;  // double stays double
+  const S keep_scale = S(1) / (S(1) - S(p));
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > detail::kParallelElements / 4)
   for (index_t i = 0; i < rows; ++i) {
     std::uint64_t flat = static_cast<std::uint64_t>(i * cols);
@@ -102,8 +103,8 @@ void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<
     for (index_t j = 0; j < cols; ++j, ++flat) {
       if (flat % 4 == 0) block = s.block(flat / 4);
       const bool keep = block.c[flat % 4] >= threshold;
-      out(i, j) = keep ? convert_value<T>(convert_value<float>(x(i, j)) * keep_scale)
-                       : convert_value<T>(0.0f);
+      out(i, j) = keep ? convert_value<T>(convert_value<S>(x(i, j)) * keep_scale)
+                       : convert_value<T>(S(0));
     }
   }
 }
