@@ -26,10 +26,10 @@ struct AdamWOptions {
 
 /// Per-group overrides; unset fields take the optimizer's options.
 struct ParamGroupOptions {
-  std::optional<double> lr;
-  std::optional<double> weight_decay;
+  std::optional<double> lr = std::nullopt;
+  std::optional<double> weight_decay = std::nullopt;
   /// Only the parameters with these names (e.g. {"rosa_S"}); empty = all of the layer's.
-  std::vector<std::string> names;
+  std::vector<std::string> names = {};
 };
 
 template <class P, class B>
@@ -93,8 +93,8 @@ class AdamW {
     const double bc1 = 1.0 - std::pow(options_.beta1, double(steps_));
     const double bc2 = 1.0 - std::pow(options_.beta2, double(steps_));
     for (auto& g : groups_) {
-      const AdamWStep h{float(g.lr), float(options_.beta1), float(options_.beta2),
-                        float(options_.eps), float(g.weight_decay), float(bc1), float(bc2)};
+      const AdamWStep h{g.lr, options_.beta1, options_.beta2, options_.eps, g.weight_decay, bc1,
+                        bc2};
       for (auto& s : g.slots)
         adamw_update(ctx, h, s.param.value, as_const(s.param.grad), s.m.view(), s.v.view());
     }

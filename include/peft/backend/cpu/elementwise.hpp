@@ -149,7 +149,7 @@ void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, MatrixView<T, Cpu> valu
   detail::check_same_shape("adamw_update (grad)", value, grad);
   detail::check_same_shape("adamw_update (m)", value, m);
   detail::check_same_shape("adamw_update (v)", value, v);
-  const T lr = h.lr, b1 = h.beta1, b2 = h.beta2, eps = h.eps;
+  const T lr = T(h.lr), b1 = T(h.beta1), b2 = T(h.beta2), eps = T(h.eps);
   const T decay = T(1) - static_cast<T>(h.lr) * static_cast<T>(h.weight_decay);
   const T step_size = lr / static_cast<T>(h.bias_correction1);
   const T sqrt_bc2 = std::sqrt(static_cast<T>(h.bias_correction2));

@@ -1,0 +1,93 @@
+// AdamW: PyTorch's update rule on hand-computed steps, parameter groups, the layer callback,
+// and bad options.
+
+#include <gtest/gtest.h>
+
+#include "util/test_util.hpp"
+
+namespace peft::test {
+namespace {
+
+TEST(AdamW, MatchesHandComputedPyTorchSteps) {
+  // Values computed by hand from torch.optim.AdamW's update (decoupled decay, bias correction):
+  // lr 0.1, weight_decay 0.01, betas (0.9, 0.999), eps 1e-8.
+  HostCtx ctx;
+  Matrix<double, Cpu> p(1, 2), g(1, 2);
+  p.data()[0] = 1.0;
+  p.data()[1] = -2.0;
+  AdamW<double, Cpu> opt({.lr = 0.1, .weight_decay = 0.01});
+  opt.add({{"p", p.view(), g.view()}});
+  g.data()[0] = 0.5;
+  g.data()[1] = 0.1;
+  opt.step(ctx);
+  EXPECT_NEAR(p.data()[0], 0.899000002, 1e-12);
+  EXPECT_NEAR(p.data()[1], -2.097999990000001, 1e-12);
+  g.data()[0] = -0.3;
+  g.data()[1] = 0.2;
+  opt.step(ctx);
+  EXPECT_NEAR(p.data()[0], 0.8789511989397751, 1e-12);
+  EXPECT_NEAR(p.data()[1], -2.1924201864887465, 1e-12);
+  EXPECT_EQ(opt.steps(), 2);
+}
+
+TEST(AdamW, GroupsHaveTheirOwnLearningRateAndDecay) {
+  HostCtx ctx;
+  Matrix<float, Cpu> a(1, 1), ga(1, 1), b(1, 1), gb(1, 1);
+  a.data()[0] = b.data()[0] = 1.0f;
+  ga.data()[0] = gb.data()[0] = 1.0f;
+  AdamW<float, Cpu> opt({.lr = 0.1, .weight_decay = 0.0});
+  opt.add({{"a", a.view(), ga.view()}});
+  opt.add({{"b", b.view(), gb.view()}}, {.lr = 0.01, .weight_decay = 0.5});
+  opt.step(ctx);
+  // First step of Adam moves by lr · sign(g) (up to eps), after decay by (1 − lr·wd).
+  EXPECT_NEAR(a.data()[0], 1.0f - 0.1f, 1e-6);
+  EXPECT_NEAR(b.data()[0], 1.0f * (1 - 0.01f * 0.5f) - 0.01f, 1e-6);
+  EXPECT_EQ(opt.num_groups(), 2u);
+  opt.set_lr(1, 0.0);
+  const float before = b.data()[0];
+  opt.step(ctx);
+  EXPECT_EQ(b.data()[0], before);
+}
+
+TEST(AdamW, AddLayerSelectsByNameAndCallsParametersUpdated) {
+  HostCtx ctx;
+  auto w0 = random_matrix<Eigen::bfloat16>(6, 5, 1);
+  auto x = random_matrix<Eigen::bfloat16>(3, 5, 2);
+  Lora<Eigen::bfloat16, Cpu> layer(ctx, w0.view(),
+                                   {.r = 2, .init = LoraInit::none, .seed = 1});
+  AdamW<float, Cpu> opt({.lr = 0.05});
+  opt.add(layer, {.names = {"lora_B"}});
+  opt.add(layer, {.lr = 0.0, .names = {"lora_A"}});
+  auto a_before = converted<float>(as_const(layer.parameters()[0].value));
+  Matrix<Eigen::bfloat16, Cpu> y1(3, 6), y2(3, 6);
+  layer.forward(ctx, x.view(), y1.view());
+  fill(ctx, layer.parameters()[0].grad, 1.0);
+  fill(ctx, layer.parameters()[1].grad, 1.0);
+  opt.step(ctx);
+  // A had lr 0 (weight decay still scales by 1 − 0 = 1): unchanged; B moved.
+  EXPECT_TRUE(bitwise_equal(as_const(layer.parameters()[0].value), as_const(a_before.view())));
+  // The bf16 GEMM copies were refreshed by the step: the output changed.
+  layer.forward(ctx, x.view(), y2.view());
+  EXPECT_FALSE(bitwise_equal(as_const(y1.view()), as_const(y2.view())));
+  expect_error([&] { opt.add(layer, {.names = {"lora_Q"}}); }, ErrorKind::invalid_argument,
+               {"AdamW::add", "no parameter"});
+}
+
+TEST(AdamW, BadOptionsThrow) {
+  expect_error([] { AdamW<float, Cpu>({.lr = -1}); }, ErrorKind::invalid_argument, {"lr is -1"});
+  expect_error([] { AdamW<float, Cpu>({.beta1 = 1.0}); }, ErrorKind::invalid_argument,
+               {"beta1 is 1", "[0, 1)"});
+  expect_error([] { AdamW<float, Cpu>({.beta2 = -0.1}); }, ErrorKind::invalid_argument,
+               {"beta2 is -0.1"});
+  expect_error([] { AdamW<float, Cpu>({.eps = 0}); }, ErrorKind::invalid_argument, {"eps is 0"});
+  expect_error([] { AdamW<float, Cpu>({.weight_decay = -1}); }, ErrorKind::invalid_argument,
+               {"weight_decay is -1"});
+  AdamW<float, Cpu> opt;
+  Matrix<float, Cpu> p(2, 2), g(2, 3);
+  expect_error([&] { opt.add({{"p", p.view(), g.view()}}); }, ErrorKind::shape,
+               {"parameter p is 2 x 2", "gradient is 2 x 3"});
+  expect_error([&] { opt.set_lr(3, 0.1); }, ErrorKind::invalid_argument, {"group 3"});
+}
+
+}  // namespace
+}  // namespace peft::test
