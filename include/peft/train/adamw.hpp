@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -82,6 +83,8 @@ class AdamW {
       g.slots.push_back({p, Matrix<P, B>(p.value.rows(), p.value.cols()),
                          Matrix<P, B>(p.value.rows(), p.value.cols())});
     }
+    for (auto& s : g.slots)
+      g.tensors.push_back({s.param.value, as_const(s.param.grad), s.m.view(), s.v.view()});
     groups_.push_back(std::move(g));
     if (on_updated && (owner == nullptr || !has_owner(owner)))
       callbacks_.push_back({owner, std::move(on_updated)});
@@ -95,8 +98,8 @@ class AdamW {
     for (auto& g : groups_) {
       const AdamWStep h{g.lr, options_.beta1, options_.beta2, options_.eps, g.weight_decay, bc1,
                         bc2};
-      for (auto& s : g.slots)
-        adamw_update(ctx, h, s.param.value, as_const(s.param.grad), s.m.view(), s.v.view());
+      // One fused update per group (one kernel on the GPU).
+      adamw_update(ctx, h, std::span<const AdamWTensors<P, B>>(g.tensors));
     }
     for (auto& c : callbacks_) c.second(ctx);
   }
@@ -119,6 +122,7 @@ class AdamW {
   };
   struct Group {
     std::vector<Slot> slots;
+    std::vector<AdamWTensors<P, B>> tensors;  // views of slots, built once
     double lr = 0;
     double weight_decay = 0;
   };

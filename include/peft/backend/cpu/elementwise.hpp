@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <type_traits>
 
 #include "../../core/adamw_step.hpp"
@@ -165,6 +166,12 @@ void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, MatrixView<T, Cpu> valu
       value(i, j) = value(i, j) * decay - step_size * mi / (std::sqrt(vi) / sqrt_bc2 + eps);
     }
   }
+}
+
+/// The same update for several parameters (one call per parameter group).
+template <class T>
+void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, std::span<const AdamWTensors<T, Cpu>> tensors) {
+  for (const auto& t : tensors) adamw_update(ctx, h, t.value, t.grad, t.m, t.v);
 }
 
 }  // namespace peft::cpu

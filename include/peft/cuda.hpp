@@ -1,0 +1,20 @@
+#pragma once
+// peft-cpp on NVIDIA GPUs: the CUDA backend plus everything in peft.hpp that runs on it.
+// Include from .cu files compiled by nvcc; link the CMake target peft::cuda.
+
+#include "core/adamw_step.hpp"
+#include "core/backend.hpp"
+#include "core/buffer.hpp"
+#include "core/config.hpp"
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/random.hpp"
+#include "core/view.hpp"
+#include "core/workspace.hpp"
+
+#include "backend/cuda/cuda.hpp"
+
+#include "adapters/adapter.hpp"
+#include "adapters/lora.hpp"
+
+#include "train/adamw.hpp"
