@@ -31,4 +31,6 @@ if(PEFT_CUDA)
   target_link_libraries(peft_cuda INTERFACE peft CUDA::cudart CUDA::cublas CUDA::cusparse)
   # cxx_std_20 on peft does not reach .cu files.
   target_compile_features(peft_cuda INTERFACE cuda_std_20)
+  # Host code in .cu files uses the CPU backend's OpenMP loops too (e.g. host-side accumulation).
+  target_compile_options(peft_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-fopenmp>)
 endif()

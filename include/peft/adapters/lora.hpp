@@ -240,6 +240,29 @@ class Lora {
     add_delta(ctx, out, 1.0);
   }
 
+  /// target += sign · ΔW in the frozen weight's orientation (for composite adapters such as RoSA
+  /// and for exporting merged weights; does not change the merged state). 16-bit weights get ΔW computed from
+  /// the fp32 factors and rounded once, as PEFT does.
+  void add_delta(Ctx& ctx, View target, double sign) {
+    PEFT_CHECK_SHAPE(target.rows() == w0_.rows() && target.cols() == w0_.cols(),
+                     "Lora::add_delta: target is ", shape_string(target), ", the frozen weight is ",
+                     shape_string(w0_));
+    const double s = sign * scaling_;
+    const Op op = config_.fan_in_fan_out ? Op::T : Op::N;
+    // [out, in]: B A;  [in, out]: Aᵀ Bᵀ.
+    auto first = [&](auto a, auto b) { return config_.fan_in_fan_out ? a : b; };
+    if constexpr (has_gemm_copies) {
+      typename detail::Workspace<B>::Frame frame(ctx.workspace());
+      auto delta = frame.template matrix<param_type>(target.rows(), target.cols());
+      gemm(ctx, op, op, s, first(as_const(a_.view()), as_const(b_.view())),
+           first(as_const(b_.view()), as_const(a_.view())), 0.0, delta);
+      axpy(ctx, 1.0, as_const(delta), target);
+    } else {
+      gemm(ctx, op, op, s, first(as_const(a_.view()), as_const(b_.view())),
+           first(as_const(b_.view()), as_const(a_.view())), 1.0, target);
+    }
+  }
+
   /// The frozen weight and bias views the layer was built with.
   ConstView base_weight() const noexcept { return w0_; }
   VectorView<const T, B> bias() const noexcept { return bias_; }
@@ -390,25 +413,6 @@ class Lora {
       axpy(ctx, 1.0, as_const(part), dx);
     } else {
       gemm(ctx, Op::N, Op::N, 1.0, as_const(dxa), a_for_gemm(), 1.0, dx);
-    }
-  }
-
-  /// target += sign · ΔW in the frozen weight's orientation. 16-bit weights get ΔW computed from
-  /// the fp32 factors and rounded once, as PEFT does.
-  void add_delta(Ctx& ctx, View target, double sign) {
-    const double s = sign * scaling_;
-    const Op op = config_.fan_in_fan_out ? Op::T : Op::N;
-    // [out, in]: B A;  [in, out]: Aᵀ Bᵀ.
-    auto first = [&](auto a, auto b) { return config_.fan_in_fan_out ? a : b; };
-    if constexpr (has_gemm_copies) {
-      typename detail::Workspace<B>::Frame frame(ctx.workspace());
-      auto delta = frame.template matrix<param_type>(target.rows(), target.cols());
-      gemm(ctx, op, op, s, first(as_const(a_.view()), as_const(b_.view())),
-           first(as_const(b_.view()), as_const(a_.view())), 0.0, delta);
-      axpy(ctx, 1.0, as_const(delta), target);
-    } else {
-      gemm(ctx, op, op, s, first(as_const(a_.view()), as_const(b_.view())),
-           first(as_const(b_.view()), as_const(a_.view())), 1.0, target);
     }
   }
 

@@ -6,3 +6,4 @@
 #include "eigen_interop.hpp"
 #include "elementwise.hpp"
 #include "transfer.hpp"
+#include "sparse.hpp"

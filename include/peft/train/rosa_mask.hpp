@@ -1,0 +1,176 @@
+#pragma once
+// RoSA mask generation. For each registered layer, accumulates the dense gradient of W0,
+// G = dyᵀ x, over the micro-batches of one optimizer step, as the mean of squares (a diagonal
+// Fisher estimate, the default) or the plain mean; then keeps the top int(density · out · in)
+// entries of |G| per layer (ties go to the smaller row-major index) as the layer's mask, and
+// frees the accumulators. The top-k runs where the accumulator lives (on the GPU for GPU
+// layers), or on the host when accumulate_on_host is set (for models whose layers would not fit
+// twice on the device).
+//
+// Schedule of the paper and the reference (`schedule = "wl64"`): train LoRA alone for
+// mask_warmup_steps optimizer steps, collect gradients during the next step, build the masks,
+// then train A, B and S together. RosaSchedule::phase(step) says which phase a step is in.
+
+#include <optional>
+#include <vector>
+
+#include "../adapters/rosa.hpp"
+#include "../backend/cpu/elementwise.hpp"  // the host-side accumulation, no Eigen
+#include "../backend/cpu/sparse.hpp"
+
+namespace peft {
+
+/// The reference's grad_acc_mode.
+enum class RosaGradAccumulation { mean_squared, mean };
+
+struct RosaMaskOptions {
+  RosaGradAccumulation accumulation = RosaGradAccumulation::mean_squared;
+  /// Keep the accumulators (and run the top-k) in host memory instead of the layer's backend.
+  bool accumulate_on_host = false;
+};
+
+/// Which phase optimizer step `step` (0-based) belongs to.
+struct RosaSchedule {
+  enum class Phase { lora_only, collect_gradients, joint };
+  std::int64_t mask_warmup_steps = 64;
+
+  Phase phase(std::int64_t step) const {
+    if (step < mask_warmup_steps) return Phase::lora_only;
+    if (step == mask_warmup_steps) return Phase::collect_gradients;
+    return Phase::joint;
+  }
+};
+
+template <class T, class B>
+class RosaMaskBuilder {
+ public:
+  using P = param_t<T>;
+  using Ctx = Context<B>;
+  using Layer = Rosa<T, B>;
+
+  explicit RosaMaskBuilder(const RosaMaskOptions& options = {}) : options_(options) {}
+  RosaMaskBuilder(const RosaMaskBuilder&) = delete;
+  RosaMaskBuilder& operator=(const RosaMaskBuilder&) = delete;
+  ~RosaMaskBuilder() { detach(); }
+
+  /// Registers a layer; `density` overrides the layer's own (it must fit the layer's capacity).
+  void add(Layer& layer, std::optional<double> density = std::nullopt) {
+    PEFT_CHECK(!collecting_, ErrorKind::state, "RosaMaskBuilder::add: called while collecting");
+    const index_t out = layer.out_features(), in = layer.in_features();
+    index_t k = layer.sparse_capacity();
+    if (density) {
+      PEFT_CHECK_ARG(*density >= 0 && *density <= 1, "RosaMaskBuilder::add: density is ",
+                     *density, ", expected in [0, 1]");
+      k = static_cast<index_t>(*density * double(out) * double(in));
+      PEFT_CHECK_ARG(k <= layer.sparse_capacity(), "RosaMaskBuilder::add: density ", *density,
+                     " asks for ", k, " entries, the layer has room for ",
+                     layer.sparse_capacity(), " (its config's density)");
+    }
+    Entry entry;
+    entry.layer = &layer;
+    entry.k = k;
+    entries_.push_back(std::move(entry));
+  }
+
+  /// Allocates the accumulators and starts observing every registered layer's backward.
+  void start(Ctx& ctx) {
+    PEFT_CHECK(!collecting_, ErrorKind::state, "RosaMaskBuilder::start: already collecting");
+    PEFT_CHECK(!entries_.empty(), ErrorKind::state, "RosaMaskBuilder::start: no layer was added");
+    for (auto& e : entries_) {
+      const index_t out = e.layer->out_features(), in = e.layer->in_features();
+      e.micro_batches = 0;
+      if (options_.accumulate_on_host) {
+        e.host_sum = Matrix<P, Cpu>(out, in);
+        e.host_scratch = Matrix<P, Cpu>(out, in);
+      } else {
+        e.sum = Matrix<P, B>(out, in);
+      }
+      Entry* entry = &e;
+      e.layer->set_gradient_observer(
+          [this, entry](Ctx& c, MatrixView<const T, B> x, MatrixView<const T, B> dy) {
+            accumulate(c, *entry, x, dy);
+          });
+    }
+    collecting_ = true;
+    (void)ctx;
+  }
+
+  bool collecting() const noexcept { return collecting_; }
+
+  /// Builds every layer's mask from what was accumulated, installs it, frees the accumulators.
+  void finish(Ctx& ctx) {
+    PEFT_CHECK(collecting_, ErrorKind::state, "RosaMaskBuilder::finish: start() was not called");
+    for (auto& e : entries_)
+      PEFT_CHECK(e.micro_batches > 0, ErrorKind::state,
+                 "RosaMaskBuilder::finish: a layer saw no backward since start()");
+    detach();
+    for (auto& e : entries_) {
+      const double mean = 1.0 / double(e.micro_batches);
+      if (options_.accumulate_on_host) {
+        Context<Cpu> host;
+        cpu::scale(host, mean, e.host_sum.view());
+        CsrPattern pattern{e.host_sum.rows(), e.host_sum.cols(),
+                           std::vector<std::int32_t>(std::size_t(e.host_sum.rows() + 1)),
+                           std::vector<std::int32_t>(std::size_t(e.k))};
+        cpu::topk_pattern(host, as_const(e.host_sum.view()), e.k,
+                          VectorView<std::int32_t, Cpu>(pattern.row_offsets.data(),
+                                                        e.host_sum.rows() + 1),
+                          VectorView<std::int32_t, Cpu>(pattern.col_indices.data(), e.k));
+        e.layer->set_mask(ctx, pattern);
+      } else {
+        scale(ctx, mean, e.sum.view());
+        auto& s = e.layer->sparse();
+        topk_pattern(ctx, as_const(e.sum.view()), e.k, s.row_offsets_storage(),
+                     s.col_indices_storage());
+        e.layer->set_mask_trusted(ctx, e.k);
+      }
+      e.sum = Matrix<P, B>();
+      e.host_sum = Matrix<P, Cpu>();
+      e.host_scratch = Matrix<P, Cpu>();
+    }
+  }
+
+ private:
+  struct Entry {
+    Layer* layer = nullptr;
+    index_t k = 0;
+    index_t micro_batches = 0;
+    Matrix<P, B> sum;
+    Matrix<P, Cpu> host_sum, host_scratch;
+  };
+
+  void accumulate(Ctx& ctx, Entry& e, MatrixView<const T, B> x, MatrixView<const T, B> dy) {
+    ++e.micro_batches;
+    const bool squares = options_.accumulation == RosaGradAccumulation::mean_squared;
+    if (!options_.accumulate_on_host && !squares) {
+      gemm(ctx, Op::T, Op::N, 1.0, dy, x, 1.0, e.sum.view());  // sum += dyᵀ x
+      return;
+    }
+    typename detail::Workspace<B>::Frame frame(ctx.workspace());
+    auto g = frame.template matrix<P>(e.layer->out_features(), e.layer->in_features());
+    gemm(ctx, Op::T, Op::N, 1.0, dy, x, 0.0, g);  // G = dyᵀ x of this micro-batch
+    if (!options_.accumulate_on_host) {
+      accumulate_squares(ctx, 1.0, as_const(g), e.sum.view());
+      return;
+    }
+    download(ctx, as_const(g), e.host_scratch.view());
+    Context<Cpu> host;
+    if (squares) {
+      cpu::accumulate_squares(host, 1.0, as_const(e.host_scratch.view()), e.host_sum.view());
+    } else {
+      cpu::axpy(host, 1.0, as_const(e.host_scratch.view()), e.host_sum.view());
+    }
+  }
+
+  void detach() {
+    if (!collecting_) return;
+    for (auto& e : entries_) e.layer->set_gradient_observer({});
+    collecting_ = false;
+  }
+
+  RosaMaskOptions options_;
+  std::vector<Entry> entries_;  // not resized while collecting: observers hold pointers
+  bool collecting_ = false;
+};
+
+}  // namespace peft
