@@ -102,8 +102,8 @@ TEST_P(LoraGradient, MatchesCentralDifferences) {
   EXPECT_LT(relative_error(as_const(params[0].grad), as_const(num_a.view())), 1e-7);
   EXPECT_LT(relative_error(as_const(params[1].grad), as_const(num_b.view())), 1e-7);
   // dx = G W0 + adapter part; compare the adapter part on its own.
-  auto base_dx = naive_product(as_const(g.view()), false, as_const(w0.view()),
-                               GetParam().fan_in_fan_out);
+  auto base_dx =
+      naive_product(as_const(g.view()), false, as_const(w0.view()), GetParam().fan_in_fan_out);
   Matrix<double, Cpu> adapter_dx(n, in);
   for (index_t i = 0; i < adapter_dx.size(); ++i)
     adapter_dx.data()[i] = dx.data()[i] - base_dx.data()[i];
@@ -123,9 +123,11 @@ TEST_P(LoraGradient, MatchesCentralDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Lora, LoraGradient,
-                         ::testing::Values(GradCase{0.0f, false, false}, GradCase{0.0f, true, false},
-                                           GradCase{0.3f, false, false}, GradCase{0.3f, true, false},
-                                           GradCase{0.0f, false, true}, GradCase{0.3f, true, true}),
+                         ::testing::Values(GradCase{0.0f, false, false},
+                                           GradCase{0.0f, true, false},
+                                           GradCase{0.3f, false, false},
+                                           GradCase{0.3f, true, false}, GradCase{0.0f, false, true},
+                                           GradCase{0.3f, true, true}),
                          [](const auto& info) {
                            return std::string(info.param.dropout > 0 ? "Dropout" : "NoDropout") +
                                   (info.param.use_rslora ? "RsLora" : "Lora") +

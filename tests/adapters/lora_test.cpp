@@ -131,9 +131,9 @@ TEST(Lora, ForwardDeltaPlusBaseEqualsForward) {
   EXPECT_LT(relative_error(as_const(y2.view()), as_const(y.view())), 1e-6);
   EXPECT_LT(relative_error(as_const(dx2.view()), as_const(dx.view())), 1e-6);
   for (int p = 0; p < 2; ++p)
-    EXPECT_LT(relative_error(as_const(delta.parameters()[p].grad),
-                             as_const(full.parameters()[p].grad)),
-              1e-6);
+    EXPECT_LT(
+        relative_error(as_const(delta.parameters()[p].grad), as_const(full.parameters()[p].grad)),
+        1e-6);
 }
 
 TEST(Lora, BackwardAccumulatesAndZeroGradClears) {
@@ -182,9 +182,9 @@ TEST(Lora, InterleavedMicroBatchesWithReservesMatchSimpleOrder) {
   EXPECT_LT(relative_error(as_const(pdx1.view()), as_const(dx1.view())), 1e-14);
   EXPECT_LT(relative_error(as_const(pdx2.view()), as_const(dx2.view())), 1e-14);
   for (int p = 0; p < 2; ++p)
-    EXPECT_LT(relative_error(as_const(piped.parameters()[p].grad),
-                             as_const(simple.parameters()[p].grad)),
-              1e-14);
+    EXPECT_LT(
+        relative_error(as_const(piped.parameters()[p].grad), as_const(simple.parameters()[p].grad)),
+        1e-14);
 }
 
 TEST(Lora, DropoutOnlyInTraining) {
@@ -356,13 +356,17 @@ void check_precision(double tolerance) {
   EXPECT_LT(relative_error(as_const(part.view()), as_const(part_ref.view())), tolerance);
   EXPECT_LT(relative_error(as_const(dx.view()), as_const(dxr.view())), tolerance);
   for (int p = 0; p < 2; ++p)
-    EXPECT_LT(relative_error(as_const(layer.parameters()[p].grad),
-                             as_const(ref.parameters()[p].grad)),
-              tolerance);
+    EXPECT_LT(
+        relative_error(as_const(layer.parameters()[p].grad), as_const(ref.parameters()[p].grad)),
+        tolerance);
 }
 
-TEST(Lora, FloatAgreesWithDouble) { check_precision<float>(1e-5); }
-TEST(Lora, Bfloat16AgreesWithDouble) { check_precision<Eigen::bfloat16>(2e-2); }
+TEST(Lora, FloatAgreesWithDouble) {
+  check_precision<float>(1e-5);
+}
+TEST(Lora, Bfloat16AgreesWithDouble) {
+  check_precision<Eigen::bfloat16>(2e-2);
+}
 
 TEST(Lora, Bfloat16ParametersAreFloatAndCopiesFollowUpdates) {
   HostCtx ctx;
@@ -417,7 +421,8 @@ TEST(Lora, BadConfigThrows) {
   Matrix<float, Cpu> bias(1, kOut + 1);
   expect_error(
       [&] {
-        Lora<float, Cpu>(ctx, w0.view(), {}, {}, VectorView<const float, Cpu>(bias.data(), kOut + 1));
+        Lora<float, Cpu>(ctx, w0.view(), {}, {},
+                         VectorView<const float, Cpu>(bias.data(), kOut + 1));
       },
       ErrorKind::shape, {"bias has 12 elements", "11 (out_features)"});
 }

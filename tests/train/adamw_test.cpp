@@ -53,8 +53,7 @@ TEST(AdamW, AddLayerSelectsByNameAndCallsParametersUpdated) {
   HostCtx ctx;
   auto w0 = random_matrix<Eigen::bfloat16>(6, 5, 1);
   auto x = random_matrix<Eigen::bfloat16>(3, 5, 2);
-  Lora<Eigen::bfloat16, Cpu> layer(ctx, w0.view(),
-                                   {.r = 2, .init = LoraInit::none, .seed = 1});
+  Lora<Eigen::bfloat16, Cpu> layer(ctx, w0.view(), {.r = 2, .init = LoraInit::none, .seed = 1});
   AdamW<float, Cpu> opt({.lr = 0.05});
   opt.add(layer, {.names = {"lora_B"}});
   opt.add(layer, {.lr = 0.0, .names = {"lora_A"}});
@@ -84,8 +83,11 @@ TEST(AdamW, BadOptionsThrow) {
                {"weight_decay is -1"});
   AdamW<float, Cpu> opt;
   Matrix<float, Cpu> p(2, 2), g(2, 3);
-  expect_error([&] { opt.add({{"p", p.view(), g.view()}}); }, ErrorKind::shape,
-               {"parameter p is 2 x 2", "gradient is 2 x 3"});
+  expect_error(
+      [&] {
+        opt.add({{"p", p.view(), g.view()}});
+      },
+      ErrorKind::shape, {"parameter p is 2 x 2", "gradient is 2 x 3"});
   expect_error([&] { opt.set_lr(3, 0.1); }, ErrorKind::invalid_argument, {"group 3"});
 }
 

@@ -31,8 +31,7 @@ template <class L>
 concept Adapter = requires(L& layer, const L& const_layer, Context<typename L::backend_type>& ctx,
                            MatrixView<const typename L::value_type, typename L::backend_type> x,
                            MatrixView<typename L::value_type, typename L::backend_type> y,
-                           VectorView<std::byte, typename L::backend_type> reserve,
-                           index_t rows) {
+                           VectorView<std::byte, typename L::backend_type> reserve, index_t rows) {
   typename L::value_type;
   typename L::param_type;
   typename L::backend_type;
@@ -45,8 +44,9 @@ concept Adapter = requires(L& layer, const L& const_layer, Context<typename L::b
   layer.backward_delta(ctx, x, x, y);
   layer.backward_delta(ctx, x, x, y, reserve);
   { const_layer.reserve_bytes(rows) } -> std::convertible_to<index_t>;
-  { layer.parameters() } -> std::same_as<std::vector<Parameter<typename L::param_type,
-                                                               typename L::backend_type>>>;
+  {
+    layer.parameters()
+    } -> std::same_as<std::vector<Parameter<typename L::param_type, typename L::backend_type>>>;
   layer.parameters_updated(ctx);
   layer.zero_grad(ctx);
   layer.set_training(true);

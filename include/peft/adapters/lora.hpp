@@ -25,12 +25,12 @@ enum class LoraInit {
 /// PEFT's LoraConfig fields, with PEFT's defaults.
 struct LoraConfig {
   index_t r = 8;
-  double alpha = 8;            // lora_alpha
-  float dropout = 0.0f;        // lora_dropout, on the adapter path only, in [0, 1)
-  bool use_rslora = false;     // scale alpha / sqrt(r) instead of alpha / r
+  double alpha = 8;             // lora_alpha
+  float dropout = 0.0f;         // lora_dropout, on the adapter path only, in [0, 1)
+  bool use_rslora = false;      // scale alpha / sqrt(r) instead of alpha / r
   bool fan_in_fan_out = false;  // the frozen weight is given [in, out] (GPT-2's Conv1D)
   LoraInit init = LoraInit::kaiming_uniform;
-  std::uint64_t seed = 0;       // with LayerOptions::stream_id, keys init and dropout
+  std::uint64_t seed = 0;  // with LayerOptions::stream_id, keys init and dropout
 
   double scaling() const { return use_rslora ? alpha / std::sqrt(double(r)) : alpha / double(r); }
 };
@@ -107,8 +107,9 @@ class Lora {
     index_t bytes = detail::align_up(rows * config_.r * e) + detail::align_up(rows * in_ * e);
     if constexpr (is_16bit_v<T>) {  // CPU 16-bit GEMMs stage their operands through fp32
       const index_t wide = std::max(in_, out_);
-      bytes += 4 * (detail::align_up(rows * wide * 4) + detail::align_up(in_ * out_ * 4) +
-                    detail::align_up(rows * config_.r * 4) + detail::align_up(wide * config_.r * 4));
+      bytes +=
+          4 * (detail::align_up(rows * wide * 4) + detail::align_up(in_ * out_ * 4) +
+               detail::align_up(rows * config_.r * 4) + detail::align_up(wide * config_.r * 4));
     }
     return bytes + 8 * 256;
   }
@@ -241,8 +242,8 @@ class Lora {
   }
 
   /// target += sign · ΔW in the frozen weight's orientation (for composite adapters such as RoSA
-  /// and for exporting merged weights; does not change the merged state). 16-bit weights get ΔW computed from
-  /// the fp32 factors and rounded once, as PEFT does.
+  /// and for exporting merged weights; does not change the merged state). 16-bit weights get ΔW
+  /// computed from the fp32 factors and rounded once, as PEFT does.
   void add_delta(Ctx& ctx, View target, double sign) {
     PEFT_CHECK_SHAPE(target.rows() == w0_.rows() && target.cols() == w0_.cols(),
                      "Lora::add_delta: target is ", shape_string(target), ", the frozen weight is ",
@@ -314,10 +315,16 @@ class Lora {
   Op base_op() const noexcept { return config_.fan_in_fan_out ? Op::N : Op::T; }
 
   MatrixView<const T, B> a_for_gemm() const {
-    if constexpr (has_gemm_copies) return a_gemm_.view(); else return a_.view();
+    if constexpr (has_gemm_copies)
+      return a_gemm_.view();
+    else
+      return a_.view();
   }
   MatrixView<const T, B> b_for_gemm() const {
-    if constexpr (has_gemm_copies) return b_gemm_.view(); else return b_.view();
+    if constexpr (has_gemm_copies)
+      return b_gemm_.view();
+    else
+      return b_.view();
   }
 
   RandomStream* stream_slot(Reserve reserve) const {
@@ -358,8 +365,8 @@ class Lora {
       gemm(ctx, Op::N, Op::T, 1.0, x, a_for_gemm(), 0.0, xa);
       return;
     }
-    const RandomStream stream = make_stream(config_.seed, options_.stream_id,
-                                            RandomPurpose::dropout, dropout_calls_++);
+    const RandomStream stream =
+        make_stream(config_.seed, options_.stream_id, RandomPurpose::dropout, dropout_calls_++);
     store_value(ctx, stream, stream_slot(reserve));
     typename detail::Workspace<B>::Frame frame(ctx.workspace());
     View x_dropped = frame.template matrix<T>(x.rows(), x.cols());
@@ -389,7 +396,7 @@ class Lora {
     typename detail::Workspace<B>::Frame frame(ctx.workspace());
     View dxa = frame.template matrix<T>(n, config_.r);
 
-    gemm(ctx, Op::T, Op::N, scaling_, dy, xa, 1.0, grad_b_.view());   // dB += s dyᵀ (x Aᵀ)
+    gemm(ctx, Op::T, Op::N, scaling_, dy, xa, 1.0, grad_b_.view());  // dB += s dyᵀ (x Aᵀ)
     gemm(ctx, Op::N, Op::N, scaling_, dy, b_for_gemm(), 0.0, dxa);   // d(xAᵀ) = s dy B
     View x_dropped;
     if (dropout_active()) {

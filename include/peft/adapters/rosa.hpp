@@ -16,7 +16,8 @@ namespace peft {
 
 /// How the sparse part enters the forward and backward products (the reference's `impl`).
 enum class RosaForward {
-  automatic,  // spmm for 16-bit T (S below half an ulp of W0 would vanish in W0 + S), else dense_add
+  automatic,  // spmm for 16-bit T (S below half an ulp of W0 would vanish in W0 + S), else
+              // dense_add
   dense_add,  // W0 + S into a scratch copy (the Context's shared workspace), one GEMM ("sp_add")
   spmm,       // GEMM on W0 plus a sparse product (no scratch; for large or quantised bases)
 };
@@ -63,6 +64,8 @@ class Rosa {
 
   Rosa(const Rosa&) = delete;
   Rosa& operator=(const Rosa&) = delete;
+  Rosa(Rosa&&) noexcept = default;  // a RosaMaskBuilder must not hold a layer that moves
+  Rosa& operator=(Rosa&&) noexcept = default;
 
   // ---- sizes and state -------------------------------------------------------------------
 
@@ -81,9 +84,10 @@ class Rosa {
   index_t reserve_bytes(index_t rows) const { return lora_.reserve_bytes(rows); }
   void preallocate(Ctx& ctx, index_t max_rows) {
     lora_.preallocate(ctx, max_rows);
-    const index_t dense = mode_ == RosaForward::dense_add
-                              ? detail::align_up(out_features() * in_features() * index_t(sizeof(T)))
-                              : 0;
+    const index_t dense =
+        mode_ == RosaForward::dense_add
+            ? detail::align_up(out_features() * in_features() * index_t(sizeof(T)))
+            : 0;
     ctx.workspace().reserve(
         static_cast<std::size_t>(lora_.workspace_bytes(max_rows) + dense +
                                  detail::align_up(out_features() * in_features() * 4)));
@@ -138,8 +142,7 @@ class Rosa {
     forward_delta(ctx, x, y, lora_own_reserve(x.rows()));
   }
   void forward_delta(Ctx& ctx, ConstView x, View y, Reserve reserve) {
-    detail::check_activations("Rosa::forward_delta", "x", x, "y", y, in_features(),
-                              out_features());
+    detail::check_activations("Rosa::forward_delta", "x", x, "y", y, in_features(), out_features());
     check_unmerged("Rosa::forward_delta");
     if (has_mask()) spmm(ctx, 1.0, x, operand(), Op::T, 1.0, y);
     lora_.forward_delta(ctx, x, y, reserve);
@@ -224,10 +227,10 @@ class Rosa {
 
   /// out = s B A + S in the frozen weight's orientation.
   void delta_weight(Ctx& ctx, View out) {
-    PEFT_CHECK_SHAPE(out.rows() == lora_.base_weight().rows() &&
-                         out.cols() == lora_.base_weight().cols(),
-                     "Rosa::delta_weight: out is ", shape_string(out), ", the frozen weight is ",
-                     shape_string(lora_.base_weight()));
+    PEFT_CHECK_SHAPE(
+        out.rows() == lora_.base_weight().rows() && out.cols() == lora_.base_weight().cols(),
+        "Rosa::delta_weight: out is ", shape_string(out), ", the frozen weight is ",
+        shape_string(lora_.base_weight()));
     fill(ctx, out, 0.0);
     add_delta(ctx, out, 1.0);
   }

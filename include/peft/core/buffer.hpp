@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <utility>
 
@@ -62,7 +63,18 @@ class Allocation {
 
 inline std::size_t checked_bytes(index_t count, std::size_t element_size, const char* what) {
   PEFT_CHECK_SHAPE(count >= 0, what, ": negative element count ", count);
+  PEFT_CHECK_SHAPE(
+      static_cast<std::size_t>(count) <= std::numeric_limits<std::size_t>::max() / element_size,
+      what, ": ", count, " elements of ", element_size, " bytes overflow size_t");
   return static_cast<std::size_t>(count) * element_size;
+}
+
+/// rows * cols, checked before it is computed: no negative sizes, no index_t overflow.
+inline index_t checked_count(index_t rows, index_t cols, const char* what) {
+  PEFT_CHECK_SHAPE(rows >= 0 && cols >= 0, what, ": negative size ", rows, " x ", cols);
+  PEFT_CHECK_SHAPE(cols == 0 || rows <= std::numeric_limits<index_t>::max() / cols, what, ": ",
+                   rows, " x ", cols, " elements overflow index_t");
+  return rows * cols;
 }
 
 }  // namespace detail
@@ -76,8 +88,20 @@ class Matrix {
 
   Matrix() = default;
   Matrix(index_t rows, index_t cols)
-      : storage_(detail::checked_bytes(rows * cols, sizeof(T), "Matrix")), rows_(rows), cols_(cols) {
-    PEFT_CHECK_SHAPE(rows >= 0 && cols >= 0, "Matrix: negative size ", rows, " x ", cols);
+      : storage_(detail::checked_bytes(detail::checked_count(rows, cols, "Matrix"), sizeof(T),
+                                       "Matrix")),
+        rows_(rows),
+        cols_(cols) {}
+  // A moved-from matrix is empty (0 x 0), not a shape over null data.
+  Matrix(Matrix&& o) noexcept
+      : storage_(std::move(o.storage_)),
+        rows_(std::exchange(o.rows_, 0)),
+        cols_(std::exchange(o.cols_, 0)) {}
+  Matrix& operator=(Matrix&& o) noexcept {
+    storage_ = std::move(o.storage_);
+    rows_ = std::exchange(o.rows_, 0);
+    cols_ = std::exchange(o.cols_, 0);
+    return *this;
   }
 
   T* data() noexcept { return static_cast<T*>(storage_.data()); }
@@ -106,6 +130,12 @@ class Vector {
   Vector() = default;
   explicit Vector(index_t size)
       : storage_(detail::checked_bytes(size, sizeof(T), "Vector")), size_(size) {}
+  Vector(Vector&& o) noexcept : storage_(std::move(o.storage_)), size_(std::exchange(o.size_, 0)) {}
+  Vector& operator=(Vector&& o) noexcept {
+    storage_ = std::move(o.storage_);
+    size_ = std::exchange(o.size_, 0);
+    return *this;
+  }
 
   T* data() noexcept { return static_cast<T*>(storage_.data()); }
   const T* data() const noexcept { return static_cast<const T*>(storage_.data()); }

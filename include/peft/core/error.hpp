@@ -19,12 +19,18 @@ enum class ErrorKind {
 
 inline const char* to_string(ErrorKind kind) noexcept {
   switch (kind) {
-    case ErrorKind::invalid_argument: return "invalid argument";
-    case ErrorKind::shape: return "shape mismatch";
-    case ErrorKind::state: return "invalid state";
-    case ErrorKind::numeric: return "numeric error";
-    case ErrorKind::io: return "io error";
-    case ErrorKind::cuda: return "cuda error";
+    case ErrorKind::invalid_argument:
+      return "invalid argument";
+    case ErrorKind::shape:
+      return "shape mismatch";
+    case ErrorKind::state:
+      return "invalid state";
+    case ErrorKind::numeric:
+      return "numeric error";
+    case ErrorKind::io:
+      return "io error";
+    case ErrorKind::cuda:
+      return "cuda error";
   }
   return "error";
 }
@@ -51,12 +57,12 @@ std::string concat(Args&&... args) {
 }  // namespace detail
 }  // namespace peft
 
-/// PEFT_CHECK(cond, kind, parts...): throws peft::Error(kind, parts concatenated) when cond is false.
-/// The parts should name the function, the argument, the expected and the actual value.
-#define PEFT_CHECK(cond, kind, ...)                                        \
-  do {                                                                     \
-    if (!(cond)) [[unlikely]]                                              \
-      throw ::peft::Error((kind), ::peft::detail::concat(__VA_ARGS__));    \
+/// PEFT_CHECK(cond, kind, parts...): throws peft::Error(kind, parts concatenated) when cond is
+/// false. The parts should name the function, the argument, the expected and the actual value.
+#define PEFT_CHECK(cond, kind, ...)                                     \
+  do {                                                                  \
+    if (!(cond)) [[unlikely]]                                           \
+      throw ::peft::Error((kind), ::peft::detail::concat(__VA_ARGS__)); \
   } while (false)
 
 #define PEFT_CHECK_ARG(cond, ...) PEFT_CHECK(cond, ::peft::ErrorKind::invalid_argument, __VA_ARGS__)

@@ -23,14 +23,14 @@ class MatrixView {
       : data_(data), rows_(rows), cols_(cols), stride_(stride) {
     PEFT_CHECK_SHAPE(rows >= 0 && cols >= 0, "MatrixView: negative size ", rows, " x ", cols);
     PEFT_CHECK_SHAPE(stride >= cols, "MatrixView: stride ", stride, " is smaller than cols ", cols);
-    PEFT_CHECK_ARG(data != nullptr || rows * cols == 0, "MatrixView: null data for a ", rows,
-                   " x ", cols, " view");
+    PEFT_CHECK_ARG(data != nullptr || rows * cols == 0, "MatrixView: null data for a ", rows, " x ",
+                   cols, " view");
   }
 
   /// A view of T converts to a view of const T.
   template <class U>
-    requires(std::is_same_v<T, const U>)
-  MatrixView(const MatrixView<U, B>& other)  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<T, const U>)
+      MatrixView(const MatrixView<U, B>& other)  // NOLINT(google-explicit-constructor)
       : data_(other.data()), rows_(other.rows()), cols_(other.cols()), stride_(other.stride()) {}
 
   T* data() const noexcept { return data_; }
@@ -42,18 +42,16 @@ class MatrixView {
   bool contiguous() const noexcept { return stride_ == cols_ || rows_ <= 1; }
 
   /// Host-side element access (CPU views only).
-  T& operator()(index_t i, index_t j) const noexcept
-    requires std::is_same_v<B, Cpu>
-  {
+  T& operator()(index_t i, index_t j) const noexcept requires std::is_same_v<B, Cpu> {
     return data_[i * stride_ + j];
   }
 
   /// Sub-matrix of nr x nc elements starting at (r0, c0), sharing the stride.
   MatrixView block(index_t r0, index_t c0, index_t nr, index_t nc) const {
-    PEFT_CHECK_SHAPE(r0 >= 0 && c0 >= 0 && nr >= 0 && nc >= 0 && r0 + nr <= rows_ &&
-                         c0 + nc <= cols_,
-                     "MatrixView::block: [", r0, ", ", r0 + nr, ") x [", c0, ", ", c0 + nc,
-                     ") is outside a ", rows_, " x ", cols_, " view");
+    PEFT_CHECK_SHAPE(
+        r0 >= 0 && c0 >= 0 && nr >= 0 && nc >= 0 && r0 + nr <= rows_ && c0 + nc <= cols_,
+        "MatrixView::block: [", r0, ", ", r0 + nr, ") x [", c0, ", ", c0 + nc, ") is outside a ",
+        rows_, " x ", cols_, " view");
     return MatrixView(data_ + r0 * stride_ + c0, nr, nc, stride_);
   }
   MatrixView rows_range(index_t r0, index_t nr) const { return block(r0, 0, nr, cols_); }
@@ -80,8 +78,8 @@ class VectorView {
   }
 
   template <class U>
-    requires(std::is_same_v<T, const U>)
-  VectorView(const VectorView<U, B>& other)  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<T, const U>)
+      VectorView(const VectorView<U, B>& other)  // NOLINT(google-explicit-constructor)
       : data_(other.data()), size_(other.size()), inc_(other.inc()) {}
 
   T* data() const noexcept { return data_; }
@@ -89,9 +87,7 @@ class VectorView {
   index_t inc() const noexcept { return inc_; }
   bool empty() const noexcept { return size_ == 0; }
 
-  T& operator[](index_t i) const noexcept
-    requires std::is_same_v<B, Cpu>
-  {
+  T& operator[](index_t i) const noexcept requires std::is_same_v<B, Cpu> {
     return data_[i * inc_];
   }
 

@@ -48,7 +48,7 @@ class Workspace {
     }
     template <class T>
     MatrixView<T, B> matrix(index_t rows, index_t cols) {
-      return MatrixView<T, B>(take<T>(rows * cols), rows, cols);
+      return MatrixView<T, B>(take<T>(checked_count(rows, cols, "Workspace")), rows, cols);
     }
 
    private:

@@ -34,8 +34,8 @@ struct CsrPattern {
                    row_offsets.back(), ", expected nnz = ", nnz());
     for (index_t r = 0; r < rows; ++r) {
       const index_t first = row_offsets[r], last = row_offsets[r + 1];
-      PEFT_CHECK_ARG(first <= last, where, ": row_offsets decrease at row ", r, " (", first,
-                     " > ", last, ")");
+      PEFT_CHECK_ARG(first <= last, where, ": row_offsets decrease at row ", r, " (", first, " > ",
+                     last, ")");
       for (index_t e = first; e < last; ++e) {
         const index_t c = col_indices[e];
         PEFT_CHECK_ARG(c >= 0 && c < cols, where, ": column index ", c, " in row ", r,
@@ -71,7 +71,8 @@ class CsrMatrix {
   CsrMatrix(index_t rows, index_t cols, index_t capacity)
       : rows_(rows), cols_(cols), capacity_(capacity) {
     PEFT_CHECK_SHAPE(rows >= 0 && cols >= 0 && rows <= INT32_MAX && cols <= INT32_MAX,
-                     "CsrMatrix: size ", rows, " x ", cols, " is negative or exceeds int32 indices");
+                     "CsrMatrix: size ", rows, " x ", cols,
+                     " is negative or exceeds int32 indices");
     PEFT_CHECK_SHAPE(capacity >= 0 && capacity <= rows * cols && capacity <= INT32_MAX,
                      "CsrMatrix: capacity ", capacity, " is outside [0, ", rows * cols, "]");
     row_offsets_ = Vector<std::int32_t, B>(rows + 1);
@@ -165,7 +166,8 @@ class CsrMatrix {
     has_pattern_ = true;
     fill(ctx, values_.view(), 0.0);
     fill(ctx, t_values_.view(), 0.0);
-    csr_transpose_pattern(ctx, view(), t_row_offsets_.view(), t_col_indices_.view(), t_perm_.view());
+    csr_transpose_pattern(ctx, view(), t_row_offsets_.view(), t_col_indices_.view(),
+                          t_perm_.view());
     cache_ = SparseCache<B>();  // the pattern changed: descriptors and buffers are rebuilt
   }
 

@@ -53,17 +53,18 @@ class AdamW {
   /// Adds a layer's parameters (all, or those named in group.names) as one group; the layer's
   /// parameters_updated runs after every step.
   template <class Layer>
-    requires Adapter<Layer> && std::is_same_v<typename Layer::param_type, P> &&
-             std::is_same_v<typename Layer::backend_type, B>
+  requires Adapter<Layer> && std::is_same_v<typename Layer::param_type, P> &&
+      std::is_same_v<typename Layer::backend_type, B>
   void add(Layer& layer, const ParamGroupOptions& group = {}) {
     std::vector<Parameter<P, B>> selected;
     for (auto& p : layer.parameters()) {
       if (group.names.empty() || contains(group.names, p.name)) selected.push_back(p);
     }
-    PEFT_CHECK_ARG(!selected.empty(), "AdamW::add: no parameter of the layer matches the group's "
-                                      "names");
-    add(std::move(selected), group, [&layer](Ctx& ctx) { layer.parameters_updated(ctx); },
-        &layer);
+    PEFT_CHECK_ARG(!selected.empty(),
+                   "AdamW::add: no parameter of the layer matches the group's "
+                   "names");
+    add(
+        std::move(selected), group, [&layer](Ctx& ctx) { layer.parameters_updated(ctx); }, &layer);
   }
 
   /// Adds raw parameters as one group; on_updated (optional) runs after every step.

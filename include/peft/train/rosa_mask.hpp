@@ -59,12 +59,12 @@ class RosaMaskBuilder {
     const index_t out = layer.out_features(), in = layer.in_features();
     index_t k = layer.sparse_capacity();
     if (density) {
-      PEFT_CHECK_ARG(*density >= 0 && *density <= 1, "RosaMaskBuilder::add: density is ",
-                     *density, ", expected in [0, 1]");
+      PEFT_CHECK_ARG(*density >= 0 && *density <= 1, "RosaMaskBuilder::add: density is ", *density,
+                     ", expected in [0, 1]");
       k = static_cast<index_t>(*density * double(out) * double(in));
       PEFT_CHECK_ARG(k <= layer.sparse_capacity(), "RosaMaskBuilder::add: density ", *density,
-                     " asks for ", k, " entries, the layer has room for ",
-                     layer.sparse_capacity(), " (its config's density)");
+                     " asks for ", k, " entries, the layer has room for ", layer.sparse_capacity(),
+                     " (its config's density)");
     }
     Entry entry;
     entry.layer = &layer;
@@ -112,10 +112,10 @@ class RosaMaskBuilder {
         CsrPattern pattern{e.host_sum.rows(), e.host_sum.cols(),
                            std::vector<std::int32_t>(std::size_t(e.host_sum.rows() + 1)),
                            std::vector<std::int32_t>(std::size_t(e.k))};
-        cpu::topk_pattern(host, as_const(e.host_sum.view()), e.k,
-                          VectorView<std::int32_t, Cpu>(pattern.row_offsets.data(),
-                                                        e.host_sum.rows() + 1),
-                          VectorView<std::int32_t, Cpu>(pattern.col_indices.data(), e.k));
+        cpu::topk_pattern(
+            host, as_const(e.host_sum.view()), e.k,
+            VectorView<std::int32_t, Cpu>(pattern.row_offsets.data(), e.host_sum.rows() + 1),
+            VectorView<std::int32_t, Cpu>(pattern.col_indices.data(), e.k));
         e.layer->set_mask(ctx, pattern);
       } else {
         scale(ctx, mean, e.sum.view());

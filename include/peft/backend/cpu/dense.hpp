@@ -116,7 +116,10 @@ void gemm(Context<Cpu>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cpu>
   if constexpr (!is_16bit_v<T>) {
     if (k == 0) {  // no products: C = beta C
       auto cm = eigen_map(c);
-      if (beta == 0) cm.setZero(); else cm *= static_cast<T>(beta);
+      if (beta == 0)
+        cm.setZero();
+      else
+        cm *= static_cast<T>(beta);
       return;
     }
     detail::gemm_native<T>(op_a, op_b, static_cast<T>(alpha), a, b, static_cast<T>(beta), c, k);

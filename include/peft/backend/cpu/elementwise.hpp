@@ -150,10 +150,13 @@ void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, MatrixView<T, Cpu> valu
   detail::check_same_shape("adamw_update (grad)", value, grad);
   detail::check_same_shape("adamw_update (m)", value, m);
   detail::check_same_shape("adamw_update (v)", value, v);
-  const T lr = T(h.lr), b1 = T(h.beta1), b2 = T(h.beta2), eps = T(h.eps);
-  const T decay = T(1) - static_cast<T>(h.lr) * static_cast<T>(h.weight_decay);
-  const T step_size = lr / static_cast<T>(h.bias_correction1);
-  const T sqrt_bc2 = std::sqrt(static_cast<T>(h.bias_correction2));
+  // Derived scalars are formed in double and rounded once, as PyTorch forms them in Python
+  // floats: in fp32, 1 - float(0.999) is 1.3e-5 away (relative) from float(1 - 0.999).
+  const T b1 = T(h.beta1), b2 = T(h.beta2), eps = T(h.eps);
+  const T one_minus_b1 = T(1.0 - h.beta1), one_minus_b2 = T(1.0 - h.beta2);
+  const T decay = T(1.0 - h.lr * h.weight_decay);
+  const T step_size = T(h.lr / h.bias_correction1);
+  const T sqrt_bc2 = T(std::sqrt(h.bias_correction2));
   const index_t rows = value.rows(), cols = value.cols();
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > detail::kParallelElements)
   for (index_t i = 0; i < rows; ++i) {
@@ -161,8 +164,8 @@ void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, MatrixView<T, Cpu> valu
       const T g = grad(i, j);
       T& mi = m(i, j);
       T& vi = v(i, j);
-      mi = b1 * mi + (T(1) - b1) * g;
-      vi = b2 * vi + (T(1) - b2) * g * g;
+      mi = b1 * mi + one_minus_b1 * g;
+      vi = b2 * vi + one_minus_b2 * g * g;
       value(i, j) = value(i, j) * decay - step_size * mi / (std::sqrt(vi) / sqrt_bc2 + eps);
     }
   }

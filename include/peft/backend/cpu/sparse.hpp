@@ -47,7 +47,8 @@ void sddmm_rows_streamed(Context<Cpu>& ctx, double alpha, MatrixView<TA, Cpu> a,
     if (e0 < e1) {
       std::vector<Acc> sum(static_cast<std::size_t>(e1 - e0), Acc(0));
       // The rows of S that hold entries e0 .. e1 - 1.
-      const index_t r0 = std::upper_bound(s.row_offsets, s.row_offsets + s.rows + 1, e0) - s.row_offsets - 1;
+      const index_t r0 =
+          std::upper_bound(s.row_offsets, s.row_offsets + s.rows + 1, e0) - s.row_offsets - 1;
       for (index_t l = 0; l < k; ++l) {
         const TA* a_row = a.data() + l * a.stride();
         const TB* b_row = b.data() + l * b.stride();
@@ -61,7 +62,8 @@ void sddmm_rows_streamed(Context<Cpu>& ctx, double alpha, MatrixView<TA, Cpu> a,
         }
       }
       for (index_t e = e0; e < e1; ++e) {
-        const Acc old = beta == 0 ? Acc(0) : static_cast<Acc>(beta) * convert_value<Acc>(s.values[e]);
+        const Acc old =
+            beta == 0 ? Acc(0) : static_cast<Acc>(beta) * convert_value<Acc>(s.values[e]);
         s.values[e] = convert_value<V>(static_cast<Acc>(alpha) * sum[e - e0] + old);
       }
     }
@@ -146,7 +148,8 @@ void sddmm(Context<Cpu>& ctx, double alpha, Op op_a, MatrixView<TA, Cpu> a, Op o
     return convert_value<Acc>(op_b == Op::N ? b.data()[l * b.stride() + j]
                                             : b.data()[j * b.stride() + l]);
   };
-#pragma omp parallel for num_threads(ctx.threads()) schedule(dynamic, 16) if (s.nnz * k > (index_t{1} << 16))
+#pragma omp parallel for num_threads(ctx.threads()) \
+    schedule(dynamic, 16) if (s.nnz * k > (index_t{1} << 16))
   for (index_t r = 0; r < s.rows; ++r) {
     for (index_t e = s.row_offsets[r]; e < s.row_offsets[r + 1]; ++e) {
       Acc sum = 0;
@@ -188,13 +191,13 @@ void gather(Context<Cpu>& ctx, VectorView<TS, Cpu> src, VectorView<const std::in
 /// (a counting sort by column; entries within a column stay sorted by row).
 template <class V>
 void csr_transpose_pattern(Context<Cpu>&, const CsrView<V, Cpu>& s,
-                                  VectorView<std::int32_t, Cpu> t_row_offsets,
-                                  VectorView<std::int32_t, Cpu> t_col_indices,
-                                  VectorView<std::int32_t, Cpu> perm) {
-  PEFT_CHECK_SHAPE(t_row_offsets.size() == s.cols + 1 && t_col_indices.size() >= s.nnz &&
-                       perm.size() >= s.nnz,
-                   "csr_transpose_pattern: output sizes do not fit a ", s.rows, " x ", s.cols,
-                   " matrix with ", s.nnz, " entries");
+                           VectorView<std::int32_t, Cpu> t_row_offsets,
+                           VectorView<std::int32_t, Cpu> t_col_indices,
+                           VectorView<std::int32_t, Cpu> perm) {
+  PEFT_CHECK_SHAPE(
+      t_row_offsets.size() == s.cols + 1 && t_col_indices.size() >= s.nnz && perm.size() >= s.nnz,
+      "csr_transpose_pattern: output sizes do not fit a ", s.rows, " x ", s.cols, " matrix with ",
+      s.nnz, " entries");
   for (index_t c = 0; c <= s.cols; ++c) t_row_offsets[c] = 0;
   for (index_t e = 0; e < s.nnz; ++e) ++t_row_offsets[s.col_indices[e] + 1];
   for (index_t c = 0; c < s.cols; ++c) t_row_offsets[c + 1] += t_row_offsets[c];
@@ -229,7 +232,8 @@ void accumulate_squares(Context<Cpu>& ctx, double alpha, MatrixView<TS, Cpu> src
 /// elements, col_indices k.
 template <class T>
 void topk_pattern(Context<Cpu>&, MatrixView<T, Cpu> scores, index_t k,
-                  VectorView<std::int32_t, Cpu> row_offsets, VectorView<std::int32_t, Cpu> col_indices) {
+                  VectorView<std::int32_t, Cpu> row_offsets,
+                  VectorView<std::int32_t, Cpu> col_indices) {
   const index_t rows = scores.rows(), cols = scores.cols();
   PEFT_CHECK_ARG(k >= 0 && k <= rows * cols, "topk_pattern: k is ", k, ", expected in [0, ",
                  rows * cols, "]");

@@ -11,21 +11,24 @@
 namespace peft::cuda::detail {
 
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
-  if (status == cudaSuccess) [[likely]] return;
-  throw Error(ErrorKind::cuda, peft::detail::concat(call, " failed: ", cudaGetErrorName(status),
-                                                    " (", cudaGetErrorString(status), ") at ",
-                                                    file, ":", line));
+  if (status == cudaSuccess) [[likely]]
+    return;
+  throw Error(ErrorKind::cuda,
+              peft::detail::concat(call, " failed: ", cudaGetErrorName(status), " (",
+                                   cudaGetErrorString(status), ") at ", file, ":", line));
 }
 
 inline void check(cublasStatus_t status, const char* call, const char* file, int line) {
-  if (status == CUBLAS_STATUS_SUCCESS) [[likely]] return;
-  throw Error(ErrorKind::cuda, peft::detail::concat(call, " failed: ", cublasGetStatusName(status),
-                                                    " (", cublasGetStatusString(status), ") at ",
-                                                    file, ":", line));
+  if (status == CUBLAS_STATUS_SUCCESS) [[likely]]
+    return;
+  throw Error(ErrorKind::cuda,
+              peft::detail::concat(call, " failed: ", cublasGetStatusName(status), " (",
+                                   cublasGetStatusString(status), ") at ", file, ":", line));
 }
 
 inline void check(cusparseStatus_t status, const char* call, const char* file, int line) {
-  if (status == CUSPARSE_STATUS_SUCCESS) [[likely]] return;
+  if (status == CUSPARSE_STATUS_SUCCESS) [[likely]]
+    return;
   throw Error(ErrorKind::cuda,
               peft::detail::concat(call, " failed: ", cusparseGetErrorName(status), " (",
                                    cusparseGetErrorString(status), ") at ", file, ":", line));

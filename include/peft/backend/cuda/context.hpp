@@ -45,8 +45,8 @@ class Context<Cuda> {
       PEFT_CUDA_CHECK(cublasSetMathMode(
           cublas_, options.allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
       cublas_workspace_ = detail::Allocation<Cuda>(options.cublas_workspace_bytes);
-      PEFT_CUDA_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(),
-                                         cublas_workspace_.bytes()));
+      PEFT_CUDA_CHECK(
+          cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));
       PEFT_CUDA_CHECK(cusparseCreate(&cusparse_));
       PEFT_CUDA_CHECK(cusparseSetStream(cusparse_, stream_));
       reduction_ = detail::Allocation<Cuda>(64);

@@ -8,6 +8,7 @@
 
 #include "context.hpp"
 #include "dtype.cuh"
+#include "elementwise.cuh"
 
 namespace peft::cuda {
 namespace detail {
@@ -39,6 +40,10 @@ void gemm(Context<Cuda>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cud
   PEFT_CHECK_SHAPE(c.rows() == m && c.cols() == n, "gemm: C is ", shape_string(c),
                    ", op(A) op(B) is ", m, " x ", n);
   if (m == 0 || n == 0) return;
+  if (k == 0) {  // no products: C = beta C, as on the CPU (never hand cuBLAS empty operands)
+    if (beta == 0) fill(ctx, c, 0.0); else scale(ctx, beta, c);
+    return;
+  }
 
   const auto to_cublas = [](Op op) { return op == Op::N ? CUBLAS_OP_N : CUBLAS_OP_T; };
   const int mm = detail::blas_int(m, "rows of C"), nn = detail::blas_int(n, "cols of C");

@@ -14,11 +14,16 @@ namespace peft::cuda::detail {
 template <class T>
 constexpr cudaDataType_t data_type() {
   using U = std::remove_const_t<T>;
-  if constexpr (std::is_same_v<U, float>) return CUDA_R_32F;
-  else if constexpr (std::is_same_v<U, double>) return CUDA_R_64F;
-  else if constexpr (std::is_same_v<U, __half>) return CUDA_R_16F;
-  else if constexpr (std::is_same_v<U, __nv_bfloat16>) return CUDA_R_16BF;
-  else static_assert(sizeof(U) == 0, "unsupported CUDA element type");
+  if constexpr (std::is_same_v<U, float>)
+    return CUDA_R_32F;
+  else if constexpr (std::is_same_v<U, double>)
+    return CUDA_R_64F;
+  else if constexpr (std::is_same_v<U, __half>)
+    return CUDA_R_16F;
+  else if constexpr (std::is_same_v<U, __nv_bfloat16>)
+    return CUDA_R_16BF;
+  else
+    static_assert(sizeof(U) == 0, "unsupported CUDA element type");
 }
 
 /// Conversion inside kernels: 16-bit types go through float with the CUDA intrinsics.

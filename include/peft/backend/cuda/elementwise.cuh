@@ -16,7 +16,8 @@ namespace peft::cuda {
 namespace detail {
 
 template <class A, class B>
-void check_same_shape(const char* what, const MatrixView<A, Cuda>& x, const MatrixView<B, Cuda>& y) {
+void check_same_shape(const char* what, const MatrixView<A, Cuda>& x,
+                      const MatrixView<B, Cuda>& y) {
   PEFT_CHECK_SHAPE(x.rows() == y.rows() && x.cols() == y.cols(), what, ": shapes differ, ",
                    shape_string(x), " and ", shape_string(y));
 }
@@ -80,8 +81,8 @@ struct BroadcastRowsOp {
 /// Each thread owns one Philox block: 4 consecutive flat indices of the logical matrix.
 template <class TX, class T>
 __global__ void dropout_kernel(const RandomStream* stream, std::uint32_t threshold,
-                               math_t<T> keep_scale, const TX* x, index_t ldx, T* out,
-                               index_t ldo, index_t rows, index_t cols) {
+                               math_t<T> keep_scale, const TX* x, index_t ldx, T* out, index_t ldo,
+                               index_t rows, index_t cols) {
   const RandomStream s = *stream;
   const index_t total = rows * cols;
   const index_t blocks = (total + 3) / 4;
@@ -173,8 +174,9 @@ template <class TS, class TD>
 void copy(Context<Cuda>& ctx, MatrixView<TS, Cuda> src, MatrixView<TD, Cuda> dst) {
   detail::check_same_shape("copy", src, dst);
   using S = std::remove_const_t<TS>;
-  detail::for_each_element(ctx, src.rows(), src.cols(),
-                           detail::CopyOp<S, TD>{src.data(), src.stride(), dst.data(), dst.stride()});
+  detail::for_each_element(
+      ctx, src.rows(), src.cols(),
+      detail::CopyOp<S, TD>{src.data(), src.stride(), dst.data(), dst.stride()});
 }
 
 /// Every row of y = b.
@@ -197,8 +199,9 @@ void dropout(Context<Cuda>& ctx, const RandomStream* stream, float p, MatrixView
   PEFT_CHECK_ARG(p >= 0.0f && p < 1.0f, "dropout: p is ", p, ", expected in [0, 1)");
   PEFT_CHECK_ARG(stream != nullptr, "dropout: null random stream");
   const index_t rows = x.rows(), cols = x.cols();
-  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements, "dropout: ",
-                   rows * cols, " elements exceed one random stream (", kMaxStreamElements, ")");
+  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements,
+                   "dropout: ", rows * cols, " elements exceed one random stream (",
+                   kMaxStreamElements, ")");
   if (rows == 0 || cols == 0) return;
   using S = detail::math_t<T>;
   using X = std::remove_const_t<TX>;
@@ -268,8 +271,8 @@ struct AdamWBatch {
 
 /// blockIdx.y selects the tensor; blocks in x stride over its elements.
 template <class T>
-__global__ void adamw_kernel(AdamWBatch<T> batch, T beta1, T beta2, T eps, T decay,
-                             T step_size, T sqrt_bc2) {
+__global__ void adamw_kernel(AdamWBatch<T> batch, T beta1, T beta2, T eps, T decay, T step_size,
+                             T sqrt_bc2) {
   const int t = blockIdx.y;
   const index_t rows = batch.rows[t], cols = batch.cols[t], total = rows * cols;
   const index_t step = index_t(gridDim.x) * blockDim.x;
@@ -298,7 +301,8 @@ void adamw_update(Context<Cuda>& ctx, const AdamWStep& h,
   const T sqrt_bc2 = std::sqrt(static_cast<T>(h.bias_correction2));
   for (std::size_t first = 0; first < tensors.size(); first += detail::kAdamWBatch) {
     detail::AdamWBatch<T> batch{};
-    const int count = static_cast<int>(std::min<std::size_t>(detail::kAdamWBatch, tensors.size() - first));
+    const int count =
+        static_cast<int>(std::min<std::size_t>(detail::kAdamWBatch, tensors.size() - first));
     index_t largest = 0;
     for (int k = 0; k < count; ++k) {
       const auto& t = tensors[first + k];
@@ -320,8 +324,8 @@ void adamw_update(Context<Cuda>& ctx, const AdamWStep& h,
     if (largest == 0) continue;
     const dim3 grid(std::min(detail::grid_size(largest), 4096u), static_cast<unsigned>(count));
     detail::adamw_kernel<T><<<grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-        batch, static_cast<T>(h.beta1), static_cast<T>(h.beta2),
-        static_cast<T>(h.eps), decay, step_size, sqrt_bc2);
+        batch, static_cast<T>(h.beta1), static_cast<T>(h.beta2), static_cast<T>(h.eps), decay,
+        step_size, sqrt_bc2);
     PEFT_CUDA_CHECK_LAUNCH();
   }
 }

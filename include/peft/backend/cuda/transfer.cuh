@@ -33,8 +33,8 @@ void upload(Context<Cuda>& ctx, MatrixView<TS, Cpu> host_src, MatrixView<TD, Cud
   PEFT_CHECK_SHAPE(host_src.rows() == dst.rows() && host_src.cols() == dst.cols(),
                    "upload: host matrix is ", shape_string(host_src), ", device matrix is ",
                    shape_string(dst));
-  detail::copy_2d(ctx, host_src.data(), host_src.stride(), dst.data(), dst.stride(),
-                  dst.rows(), dst.cols(), cudaMemcpyHostToDevice, "upload");
+  detail::copy_2d(ctx, host_src.data(), host_src.stride(), dst.data(), dst.stride(), dst.rows(),
+                  dst.cols(), cudaMemcpyHostToDevice, "upload");
   ctx.synchronize();  // pageable host memory: make the copy complete before returning
 }
 
