@@ -9,6 +9,7 @@
 #include "../core/buffer.hpp"
 #include "../core/dtype.hpp"
 #include "../core/view.hpp"
+#include "../core/workspace.hpp"
 
 namespace peft {
 

@@ -271,8 +271,8 @@ struct AdamWBatch {
 
 /// blockIdx.y selects the tensor; blocks in x stride over its elements.
 template <class T>
-__global__ void adamw_kernel(AdamWBatch<T> batch, T beta1, T beta2, T eps, T decay, T step_size,
-                             T sqrt_bc2) {
+__global__ void adamw_kernel(AdamWBatch<T> batch, T beta1, T one_minus_beta1, T beta2,
+                             T one_minus_beta2, T eps, T decay, T step_size, T sqrt_bc2) {
   const int t = blockIdx.y;
   const index_t rows = batch.rows[t], cols = batch.cols[t], total = rows * cols;
   const index_t step = index_t(gridDim.x) * blockDim.x;
@@ -282,8 +282,8 @@ __global__ void adamw_kernel(AdamWBatch<T> batch, T beta1, T beta2, T eps, T dec
     T& m = batch.m[t][i * batch.ld_m[t] + j];
     T& v = batch.v[t][i * batch.ld_v[t] + j];
     T& p = batch.value[t][i * batch.ld_value[t] + j];
-    m = beta1 * m + (T(1) - beta1) * g;
-    v = beta2 * v + (T(1) - beta2) * g * g;
+    m = beta1 * m + one_minus_beta1 * g;
+    v = beta2 * v + one_minus_beta2 * g * g;
     p = p * decay - step_size * m / (sqrt(v) / sqrt_bc2 + eps);
   }
 }
@@ -296,9 +296,10 @@ void adamw_update(Context<Cuda>& ctx, const AdamWStep& h,
                   std::span<const AdamWTensors<T, Cuda>> tensors) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "adamw_update: parameters are float or double");
-  const T decay = T(1) - static_cast<T>(h.lr) * static_cast<T>(h.weight_decay);
-  const T step_size = static_cast<T>(h.lr) / static_cast<T>(h.bias_correction1);
-  const T sqrt_bc2 = std::sqrt(static_cast<T>(h.bias_correction2));
+  // Derived scalars in double, rounded once, exactly as the CPU primitive forms them.
+  const T decay = T(1.0 - h.lr * h.weight_decay);
+  const T step_size = T(h.lr / h.bias_correction1);
+  const T sqrt_bc2 = T(std::sqrt(h.bias_correction2));
   for (std::size_t first = 0; first < tensors.size(); first += detail::kAdamWBatch) {
     detail::AdamWBatch<T> batch{};
     const int count =
@@ -324,7 +325,7 @@ void adamw_update(Context<Cuda>& ctx, const AdamWStep& h,
     if (largest == 0) continue;
     const dim3 grid(std::min(detail::grid_size(largest), 4096u), static_cast<unsigned>(count));
     detail::adamw_kernel<T><<<grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-        batch, static_cast<T>(h.beta1), static_cast<T>(h.beta2), static_cast<T>(h.eps), decay,
+        batch, T(h.beta1), T(1.0 - h.beta1), T(h.beta2), T(1.0 - h.beta2), T(h.eps), decay,
         step_size, sqrt_bc2);
     PEFT_CUDA_CHECK_LAUNCH();
   }
