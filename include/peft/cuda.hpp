@@ -9,6 +9,7 @@
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/random.hpp"
+#include "core/sparse.hpp"
 #include "core/view.hpp"
 #include "core/workspace.hpp"
 
@@ -16,5 +17,8 @@
 
 #include "adapters/adapter.hpp"
 #include "adapters/lora.hpp"
+#include "adapters/rosa.hpp"
+#include "sparse/csr.hpp"
 
 #include "train/adamw.hpp"
+#include "train/rosa_mask.hpp"

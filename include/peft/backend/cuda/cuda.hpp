@@ -8,3 +8,4 @@
 #include "dtype.cuh"
 #include "elementwise.cuh"
 #include "transfer.cuh"
+#include "sparse.cuh"
