@@ -24,6 +24,9 @@ enum class RandomPurpose : std::uint32_t {
   dropout = 2,
   nola_basis_a = 3,
   nola_basis_b = 4,
+  /// Values from here on are the application's (e.g. a trainer's data shuffling), never the
+  /// library's: streams of the two cannot collide.
+  user = 0x80000000u,
 };
 
 struct PhiloxCounter {
