@@ -29,8 +29,13 @@ if(PEFT_CUDA)
   add_library(peft::cuda ALIAS peft_cuda)
   set_target_properties(peft_cuda PROPERTIES EXPORT_NAME cuda)
   target_link_libraries(peft_cuda INTERFACE peft CUDA::cudart CUDA::cublas CUDA::cusparse)
-  # cxx_std_20 on peft does not reach .cu files.
-  target_compile_features(peft_cuda INTERFACE cuda_std_20)
+  # cxx_std_20 on peft does not reach .cu files. CMake 3.25 does not know cuda_std_20 for nvcc
+  # (any target with .cu sources then fails to generate): pass the flag itself there.
+  if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
+    target_compile_features(peft_cuda INTERFACE cuda_std_20)
+  else()
+    target_compile_options(peft_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+  endif()
   # Host code in .cu files uses the CPU backend's OpenMP loops too (e.g. host-side accumulation).
   target_compile_options(peft_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-fopenmp>)
 endif()

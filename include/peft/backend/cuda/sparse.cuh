@@ -12,6 +12,7 @@
 
 #include "../../core/sparse.hpp"
 #include "dtype.cuh"
+#include "elementwise.cuh"  // detail::math_t
 #include "launch.cuh"
 
 namespace peft {
