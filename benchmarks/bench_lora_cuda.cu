@@ -2,7 +2,7 @@
 //
 //   BM_LoraForward<T>/n/in/out/r          forward(x, y)           vs  y = x W0ᵀ
 //   BM_LoraForwardBackward<T>/n/in/out/r  forward + backward(→dx)  vs  y = x W0ᵀ, dx = dy W0
-//   BM_Gemm<T>/n/in/out                   the base forward GEMM through peft::cuda::gemm (GF/s)
+//   BM_Gemm<T>/n/in/out                   the base forward GEMM through peft::gpu::gemm (GF/s)
 //
 // T is f32 (full fp32: the Context's default allow_tf32 = false) or bf16 (__nv_bfloat16, fp32
 // accumulation, fp32 adapter parameters with bf16 GEMM copies). The shapes are bench_lora.cpp's,
@@ -102,7 +102,7 @@ template <class T>
 __global__ void fill_uniform_kernel(T* p, index_t count, peft::RandomStream s) {
   const index_t step = index_t(gridDim.x) * blockDim.x;
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += step)
-    p[i] = peft::cuda::detail::convert<T>(
+    p[i] = peft::gpu::detail::convert<T>(
         peft::uniform_symmetric(s.bits(static_cast<std::uint64_t>(i)), 1.0f));
 }
 
@@ -113,7 +113,7 @@ void fill_uniform(DeviceMat<T>& m, std::uint32_t seed) {
   if (count == 0) return;
   const auto s = peft::make_stream(seed, 0, peft::RandomPurpose::init);
   fill_uniform_kernel<T>
-      <<<peft::cuda::detail::grid_size(count), peft::cuda::detail::kThreadsPerBlock, 0,
+      <<<peft::gpu::detail::grid_size(count), peft::gpu::detail::kThreadsPerBlock, 0,
          context().stream()>>>(m.data(), count, s);
   PEFT_CUDA_CHECK_LAUNCH();
 }
@@ -263,7 +263,7 @@ void BM_LoraForward(benchmark::State& state) {
 
   const Paired t = run_paired(
       state, [&] { lora.forward(ctx, x, y); },
-      [&] { peft::cuda::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); });
+      [&] { peft::gpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); });
 
   const double base_flops = 2.0 * double(s.n) * double(s.in) * double(s.out);
   const double adapter_flops = 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
@@ -291,8 +291,8 @@ void BM_LoraForwardBackward(benchmark::State& state) {
         lora.backward(ctx, x, dy, dx);
       },
       [&] {
-        peft::cuda::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y);
-        peft::cuda::gemm(ctx, peft::Op::N, peft::Op::N, 1.0, dy, w0, 0.0, dx);
+        peft::gpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y);
+        peft::gpu::gemm(ctx, peft::Op::N, peft::Op::N, 1.0, dy, w0, 0.0, dx);
       });
   lora.zero_grad(ctx);  // backward accumulates; keep the gradients bounded across runs
 
@@ -312,11 +312,11 @@ void BM_Gemm(benchmark::State& state) {
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
   const auto y = p.y.view();
-  auto library = [&] { peft::cuda::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); };
+  auto library = [&] { peft::gpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); };
   // The same product straight through cuBLAS: column-major yᵀ = W0 xᵀ.
   auto direct = [&] {
     const float one = 1.0f, zero = 0.0f;
-    constexpr cudaDataType_t type = peft::cuda::detail::data_type<T>();
+    constexpr cudaDataType_t type = peft::gpu::detail::data_type<T>();
     PEFT_CUDA_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in),
                                  &one, p.w0.data(), type, int(in), p.x.data(), type, int(in), &zero,
                                  p.y.data(), type, int(out), CUBLAS_COMPUTE_32F,

@@ -1,4 +1,4 @@
-// The fused AdamW update of the CUDA tests: one peft::cuda::adamw_update over all tensors.
+// The fused AdamW update of the CUDA tests: one peft::gpu::adamw_update over all tensors.
 
 #include "device.cuh"
 
@@ -15,7 +15,7 @@ void adamw_update(const AdamWStep& step, std::span<const AdamWDeviceTensors> ten
     typed.reserve(tensors.size());
     for (const auto& t : tensors)
       typed.push_back({view<T>(*t.value), cview<T>(*t.grad), view<T>(*t.m), view<T>(*t.v)});
-    cuda::adamw_update(context(), step, std::span<const AdamWTensors<T, Cuda>>(typed));
+    gpu::adamw_update(context(), step, std::span<const AdamWTensors<T, Cuda>>(typed));
   };
   if (dtype == DType::f32)
     run(Tag<float>{});

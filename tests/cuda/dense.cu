@@ -1,4 +1,4 @@
-// gemm of the CUDA tests: runtime dtypes to peft::cuda::gemm's static ones.
+// gemm of the CUDA tests: runtime dtypes to peft::gpu::gemm's static ones.
 
 #include "device.cuh"
 
@@ -12,11 +12,11 @@ void gemm(Op op_a, Op op_b, double alpha, const DeviceMatrix& a, const DeviceMat
     using T = typename decltype(tag)::type;
     if constexpr (is_16bit_v<T>) {
       if (c.dtype() == DType::f32) {
-        cuda::gemm(context(), op_a, op_b, alpha, cview<T>(a), cview<T>(b), beta, view<float>(c));
+        gpu::gemm(context(), op_a, op_b, alpha, cview<T>(a), cview<T>(b), beta, view<float>(c));
         return;
       }
     }
-    cuda::gemm(context(), op_a, op_b, alpha, cview<T>(a), cview<T>(b), beta, view<T>(c));
+    gpu::gemm(context(), op_a, op_b, alpha, cview<T>(a), cview<T>(b), beta, view<T>(c));
   });
 }
 

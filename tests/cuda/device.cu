@@ -10,7 +10,7 @@
 namespace peft::gpu {
 
 bool device_available() {
-  return cuda::detail::device_available();
+  return gpu::detail::device_available();
 }
 
 std::string unavailable_reason() {
@@ -54,18 +54,18 @@ void upload_converted(HostView values, MatrixView<T, Cuda> dst) {
   Matrix<T, Cpu> host(values.rows(), values.cols());
   for (index_t i = 0; i < values.rows(); ++i)
     for (index_t j = 0; j < values.cols(); ++j)
-      host.view()(i, j) = cuda::detail::convert<T>(values(i, j));
-  cuda::upload(context(), as_const(host.view()), dst);
+      host.view()(i, j) = gpu::detail::convert<T>(values(i, j));
+  gpu::upload(context(), as_const(host.view()), dst);
 }
 
 template <class T>
 HostMatrix download_converted(MatrixView<const T, Cuda> src) {
   Matrix<T, Cpu> host(src.rows(), src.cols());
-  cuda::download(context(), src, host.view());
+  gpu::download(context(), src, host.view());
   HostMatrix out(src.rows(), src.cols());
   for (index_t i = 0; i < src.rows(); ++i)
     for (index_t j = 0; j < src.cols(); ++j)
-      out.view()(i, j) = cuda::detail::convert<double>(host.view()(i, j));
+      out.view()(i, j) = gpu::detail::convert<double>(host.view()(i, j));
   return out;
 }
 
@@ -151,7 +151,7 @@ bool DeviceMatrix::gaps_untouched() const {
   // The gap as it was stored (rounded to the dtype).
   const double gap = dispatch(m.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return cuda::detail::convert<double>(cuda::detail::convert<T>(m.gap));
+    return gpu::detail::convert<double>(gpu::detail::convert<T>(m.gap));
   });
   for (index_t i = 0; i < m.full_rows; ++i)
     for (index_t j = 0; j < m.full_cols; ++j) {

@@ -8,14 +8,14 @@ namespace peft::gpu {
 void fill(DeviceMatrix& x, double value) {
   dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    cuda::fill(context(), view<T>(x), value);
+    gpu::fill(context(), view<T>(x), value);
   });
 }
 
 void scale(double alpha, DeviceMatrix& x) {
   dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    cuda::scale(context(), alpha, view<T>(x));
+    gpu::scale(context(), alpha, view<T>(x));
   });
 }
 
@@ -24,7 +24,7 @@ void axpy(double alpha, const DeviceMatrix& x, DeviceMatrix& y) {
     dispatch(y.dtype(), [&](auto ty) {
       using TX = typename decltype(tx)::type;
       using TY = typename decltype(ty)::type;
-      cuda::axpy(context(), alpha, cview<TX>(x), view<TY>(y));
+      gpu::axpy(context(), alpha, cview<TX>(x), view<TY>(y));
     });
   });
 }
@@ -34,7 +34,7 @@ void copy(const DeviceMatrix& src, DeviceMatrix& dst) {
     dispatch(dst.dtype(), [&](auto td) {
       using TS = typename decltype(ts)::type;
       using TD = typename decltype(td)::type;
-      cuda::copy(context(), cview<TS>(src), view<TD>(dst));
+      gpu::copy(context(), cview<TS>(src), view<TD>(dst));
     });
   });
 }
@@ -48,7 +48,7 @@ void broadcast_rows(const DeviceMatrix& b, bool column, DeviceMatrix& y) {
       const VectorView<const TB, Cuda> v =
           column ? VectorView<const TB, Cuda>(m.data(), m.rows(), m.stride())
                  : VectorView<const TB, Cuda>(m.data(), m.cols(), 1);
-      cuda::broadcast_rows(context(), v, view<T>(y));
+      gpu::broadcast_rows(context(), v, view<T>(y));
     });
   });
 }

@@ -1,4 +1,4 @@
-// peft::cuda::gemm against the CPU primitive: all four transpose combinations, alpha and beta,
+// peft::gpu::gemm against the CPU primitive: all four transpose combinations, alpha and beta,
 // beta = 0 over a NaN-filled C, k = 0, odd and random shapes, strided views (blocks of larger
 // device matrices whose NaN gaps poison any stray read), and float, double, __half and
 // __nv_bfloat16 (16-bit inputs also with a float C).

@@ -44,7 +44,7 @@ inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // ---- the device ------------------------------------------------------------------------------
 
-/// True when a CUDA device can be used (peft::cuda::detail::device_available()).
+/// True when a CUDA device can be used (peft::gpu::detail::device_available()).
 bool device_available();
 /// Why no device can be used, e.g. "cudaGetDeviceCount returned cudaErrorInsufficientDriver
 /// (35): CUDA driver version is insufficient for CUDA runtime version"; empty when one can.
@@ -108,7 +108,7 @@ class DeviceBytes {
   std::unique_ptr<Impl> impl_;
 };
 
-// ---- primitives (peft::cuda::*) on the shared test context -----------------------------------
+// ---- primitives (peft::gpu::*) on the shared test context -----------------------------------
 
 /// C = alpha op(A) op(B) + beta C. Supported: A, B, C of one dtype, or 16-bit A, B and f32 C.
 void gemm(Op op_a, Op op_b, double alpha, const DeviceMatrix& a, const DeviceMatrix& b, double beta,
@@ -134,7 +134,7 @@ struct AdamWDeviceTensors {
   DeviceMatrix* m;
   DeviceMatrix* v;
 };
-/// peft::cuda::adamw_update over all tensors in one call (dtype f32 or f64).
+/// peft::gpu::adamw_update over all tensors in one call (dtype f32 or f64).
 void adamw_update(const AdamWStep& step, std::span<const AdamWDeviceTensors> tensors);
 
 /// A kernel's RandomStream::bits(index) for every index.

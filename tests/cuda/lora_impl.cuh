@@ -100,7 +100,7 @@ class LoraModel final : public GpuLora {
   }
   static HostMatrix to_double(MatrixView<P, Cuda> v) {
     Matrix<P, Cpu> host(v.rows(), v.cols());
-    cuda::download(context(), as_const(v), host.view());
+    gpu::download(context(), as_const(v), host.view());
     HostMatrix out(v.rows(), v.cols());
     for (index_t i = 0; i < out.size(); ++i) out.data()[i] = static_cast<double>(host.data()[i]);
     return out;

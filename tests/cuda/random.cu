@@ -48,7 +48,7 @@ std::vector<std::uint32_t> philox_bits(const RandomStream& stream,
                                        std::span<const std::uint64_t> indices) {
   return run_over_indices<std::uint32_t>(
       indices, [&](const std::uint64_t* d_indices, std::uint32_t* d_out, index_t count) {
-        bits_kernel<<<cuda::detail::grid_size(count), 256, 0, context().stream()>>>(
+        bits_kernel<<<gpu::detail::grid_size(count), 256, 0, context().stream()>>>(
             stream, d_indices, count, d_out);
       });
 }
@@ -57,7 +57,7 @@ std::vector<float> philox_uniform_symmetric(const RandomStream& stream, float bo
                                             std::span<const std::uint64_t> indices) {
   return run_over_indices<float>(
       indices, [&](const std::uint64_t* d_indices, float* d_out, index_t count) {
-        uniform_kernel<<<cuda::detail::grid_size(count), 256, 0, context().stream()>>>(
+        uniform_kernel<<<gpu::detail::grid_size(count), 256, 0, context().stream()>>>(
             stream, bound, d_indices, count, d_out);
       });
 }
@@ -66,10 +66,10 @@ void dropout(const RandomStream& stream, float p, const DeviceMatrix& x, DeviceM
   // The stream lives in device memory, as in a layer's reserve.
   Vector<std::byte, Cuda> slot(static_cast<index_t>(sizeof(RandomStream)));
   auto* d_stream = reinterpret_cast<RandomStream*>(slot.data());
-  cuda::store_value(context(), stream, d_stream);
+  gpu::store_value(context(), stream, d_stream);
   dispatch(out.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    cuda::dropout(context(), d_stream, p, cview<T>(x), view<T>(out));
+    gpu::dropout(context(), d_stream, p, cview<T>(x), view<T>(out));
   });
   synchronize();  // before the slot is freed
 }

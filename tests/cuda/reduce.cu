@@ -9,7 +9,7 @@ double dot(const DeviceMatrix& x, const DeviceMatrix& y) {
     return dispatch(y.dtype(), [&](auto ty) {
       using TX = typename decltype(tx)::type;
       using TY = typename decltype(ty)::type;
-      return cuda::dot(context(), cview<TX>(x), cview<TY>(y));
+      return gpu::dot(context(), cview<TX>(x), cview<TY>(y));
     });
   });
 }
@@ -17,14 +17,14 @@ double dot(const DeviceMatrix& x, const DeviceMatrix& y) {
 double norm(const DeviceMatrix& x) {
   return dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return cuda::norm(context(), cview<T>(x));
+    return gpu::norm(context(), cview<T>(x));
   });
 }
 
 bool all_finite(const DeviceMatrix& x) {
   return dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return cuda::all_finite(context(), cview<T>(x));
+    return gpu::all_finite(context(), cview<T>(x));
   });
 }
 

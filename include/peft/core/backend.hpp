@@ -1,7 +1,7 @@
 #pragma once
 // Backend tags. Each tag lives in its backend's namespace so that argument-dependent
 // lookup finds that backend's primitives: an adapter calls `gemm(ctx, ...)` unqualified
-// and gets peft::cpu::gemm for Context<Cpu>, peft::cuda::gemm for Context<Cuda>.
+// and gets peft::cpu::gemm for Context<Cpu>, peft::gpu::gemm for Context<Cuda>.
 
 namespace peft {
 
@@ -11,14 +11,14 @@ struct Backend {
 };
 }  // namespace cpu
 
-namespace cuda {
+namespace gpu {
 struct Backend {
   static constexpr const char* name = "cuda";
 };
-}  // namespace cuda
+}  // namespace gpu
 
 using Cpu = cpu::Backend;
-using Cuda = cuda::Backend;
+using Cuda = gpu::Backend;
 
 /// Transposition of a GEMM operand: op(X) = X or Xᵀ.
 enum class Op { N, T };

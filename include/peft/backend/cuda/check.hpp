@@ -8,7 +8,7 @@
 
 #include "../../core/error.hpp"
 
-namespace peft::cuda::detail {
+namespace peft::gpu::detail {
 
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
   if (status == cudaSuccess) [[likely]]
@@ -46,10 +46,10 @@ inline bool device_available() {
   return count > 0;
 }
 
-}  // namespace peft::cuda::detail
+}  // namespace peft::gpu::detail
 
 /// Checks a CUDA runtime, cuBLAS or cuSPARSE call.
-#define PEFT_CUDA_CHECK(call) ::peft::cuda::detail::check((call), #call, __FILE__, __LINE__)
+#define PEFT_CUDA_CHECK(call) ::peft::gpu::detail::check((call), #call, __FILE__, __LINE__)
 
 /// Checks the launch of the kernel just issued.
 #define PEFT_CUDA_CHECK_LAUNCH() PEFT_CUDA_CHECK(cudaGetLastError())

@@ -10,7 +10,7 @@
 #include "dtype.cuh"
 #include "elementwise.cuh"
 
-namespace peft::cuda {
+namespace peft::gpu {
 namespace detail {
 
 inline int blas_int(index_t v, const char* what) {
@@ -71,4 +71,4 @@ void gemm(Context<Cuda>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cud
   }
 }
 
-}  // namespace peft::cuda
+}  // namespace peft::gpu

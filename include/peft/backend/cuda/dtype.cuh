@@ -9,7 +9,7 @@
 
 #include "../../core/dtype.hpp"
 
-namespace peft::cuda::detail {
+namespace peft::gpu::detail {
 
 template <class T>
 constexpr cudaDataType_t data_type() {
@@ -45,4 +45,4 @@ __host__ __device__ inline D convert(S s) {
   }
 }
 
-}  // namespace peft::cuda::detail
+}  // namespace peft::gpu::detail

@@ -12,7 +12,7 @@
 #include "dtype.cuh"
 #include "launch.cuh"
 
-namespace peft::cuda {
+namespace peft::gpu {
 namespace detail {
 
 template <class A, class B>
@@ -249,9 +249,9 @@ bool all_finite(Context<Cuda>& ctx, MatrixView<T, Cuda> x) {
   return detail::read_scalar<unsigned long long>(ctx) == 0;
 }
 
-}  // namespace peft::cuda
+}  // namespace peft::gpu
 
-namespace peft::cuda {
+namespace peft::gpu {
 namespace detail {
 
 /// Up to kAdamWBatch tensors per launch, passed by value as kernel arguments (no device-side
@@ -331,4 +331,4 @@ void adamw_update(Context<Cuda>& ctx, const AdamWStep& h,
   }
 }
 
-}  // namespace peft::cuda
+}  // namespace peft::gpu

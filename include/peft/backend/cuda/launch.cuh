@@ -6,7 +6,7 @@
 
 #include "context.hpp"
 
-namespace peft::cuda::detail {
+namespace peft::gpu::detail {
 
 inline constexpr int kThreadsPerBlock = 256;
 
@@ -31,4 +31,4 @@ void for_each_element(Context<Cuda>& ctx, index_t rows, index_t cols, const F& f
   PEFT_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace peft::cuda::detail
+}  // namespace peft::gpu::detail

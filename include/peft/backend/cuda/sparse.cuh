@@ -59,7 +59,7 @@ class SparseCache<Cuda> {
   std::array<detail::Allocation<Cuda>, 2> buffers_{};
 };
 
-namespace cuda {
+namespace gpu {
 namespace detail {
 
 template <class V, class B>
@@ -357,7 +357,7 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
   PEFT_CUDA_CHECK(cusparseCreateCsr(
       &c, s.rows, s.cols, s.nnz, const_cast<std::int32_t*>(s.row_offsets),
       const_cast<std::int32_t*>(s.col_indices), s.values, CUSPARSE_INDEX_32I, CUSPARSE_INDEX_32I,
-      CUSPARSE_INDEX_BASE_ZERO, cuda::detail::data_type<V>()));
+      CUSPARSE_INDEX_BASE_ZERO, gpu::detail::data_type<V>()));
   try {
     // Row-major M is the column-major Mᵀ: op(M) = M needs a transpose of that, op(M) = Mᵀ none.
     const auto cu_op = [](Op op) {
@@ -368,10 +368,10 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
     std::size_t bytes = 0;
     PEFT_CUDA_CHECK(cusparseSDDMM_bufferSize(
         ctx.cusparse(), cu_op(op_a), cu_op(op_b), &al, ad.get(), bd.get(), &be, c,
-        cuda::detail::data_type<V>(), CUSPARSE_SDDMM_ALG_DEFAULT, &bytes));
+        gpu::detail::data_type<V>(), CUSPARSE_SDDMM_ALG_DEFAULT, &bytes));
     void* buffer = frame.template take<std::byte>(static_cast<index_t>(bytes));
     PEFT_CUDA_CHECK(cusparseSDDMM(ctx.cusparse(), cu_op(op_a), cu_op(op_b), &al, ad.get(), bd.get(),
-                                  &be, c, cuda::detail::data_type<V>(), CUSPARSE_SDDMM_ALG_DEFAULT,
+                                  &be, c, gpu::detail::data_type<V>(), CUSPARSE_SDDMM_ALG_DEFAULT,
                                   buffer));
   } catch (...) {
     (void)cusparseDestroySpMat(c);
@@ -534,5 +534,5 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
   PEFT_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace cuda
+}  // namespace gpu
 }  // namespace peft

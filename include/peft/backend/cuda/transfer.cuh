@@ -6,7 +6,7 @@
 #include "../../core/buffer.hpp"
 #include "context.hpp"
 
-namespace peft::cuda {
+namespace peft::gpu {
 namespace detail {
 
 template <class T>
@@ -72,4 +72,4 @@ void store_value(Context<Cuda>& ctx, const T& value, T* dst) {
   PEFT_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace peft::cuda
+}  // namespace peft::gpu
