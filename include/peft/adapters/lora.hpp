@@ -105,7 +105,7 @@ class Lora {
   index_t workspace_bytes(index_t rows) const {
     const index_t e = sizeof(T);
     index_t bytes = detail::align_up(rows * config_.r * e) + detail::align_up(rows * in_ * e);
-    if constexpr (is_16bit_v<T>) {  // CPU 16-bit GEMMs stage their operands through fp32
+    if constexpr (is_16bit_v<T> && std::is_same_v<B, Cpu>) {  // CPU 16-bit GEMMs stage via fp32
       const index_t wide = std::max(in_, out_);
       bytes +=
           4 * (detail::align_up(rows * wide * 4) + detail::align_up(in_ * out_ * 4) +
