@@ -147,6 +147,8 @@ struct RosaHooks {
   MaskBuilder* builder = nullptr;
   std::vector<Rosa>* layers = nullptr;
   const Task* task = nullptr;
+  AdamW* optimizer = nullptr;
+  std::vector<std::size_t> sparse_groups;  // the optimizer's rosa_S groups
 
   index_t batches_of_step(std::int64_t step) const {
     return schedule.phase(step) == peft::RosaSchedule::Phase::collect_gradients ? mask_batches : 1;
@@ -157,6 +159,8 @@ struct RosaHooks {
   void after_step(Ctx& ctx, std::int64_t step) {
     if (!builder->collecting()) return;
     builder->finish(ctx);  // installs every layer's mask; S starts at zero
+    // S's optimizer state starts now, as PyTorch's does at a parameter's first update.
+    for (std::size_t g : sparse_groups) optimizer->reset_state(ctx, g);
     report_masks(step);
   }
 
@@ -191,24 +195,24 @@ Result run_rosa(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& ba
   adapted.reserve(base.size());  // the optimizer and the mask builder hold the layers
   for (std::uint32_t i = 0; i < base.size(); ++i) {
     const index_t out = base[i].weight().rows(), in = base[i].weight().cols();
-    // S gets the parameters of LoRA's extra rank; the half entry keeps int(density · out · in)
-    // from rounding down to one entry less.
+    // S gets the parameters of LoRA's extra rank.
     const index_t entries = std::min((o.rank - o.rosa_rank) * (in + out), out * in);
     const peft::RosaConfig config{
         .lora = {.r = o.rosa_rank,
                  .alpha = 2.0 * double(o.rosa_rank),
                  .dropout = 0.05f,
                  .seed = o.seed},
-        .density = std::min(1.0, (double(entries) + 0.5) / double(out * in))};
+        .density = std::min(1.0, peft::RosaConfig::density_for(entries, out, in))};
     adapted.emplace_back(ctx, base[i].weight(), config, peft::LayerOptions{.stream_id = i + 1},
                          base[i].bias());
   }
   AdamW opt({.lr = o.lr, .weight_decay = 0.0});
   MaskBuilder builder;  // mean of squares of the gradients, the default
   Result r{.name = "RoSA", .rank = o.rosa_rank};
+  std::vector<std::size_t> sparse_groups;
   for (auto& layer : adapted) {
     opt.add(layer, {.names = {"lora_A", "lora_B"}});
-    opt.add(layer, {.lr = o.sparse_lr, .names = {"rosa_S"}});
+    sparse_groups.push_back(opt.add(layer, {.lr = o.sparse_lr, .names = {"rosa_S"}}));
     builder.add(layer);
     r.trainable += layer.num_trainable();
     r.sparse += layer.sparse_capacity();
@@ -216,7 +220,13 @@ Result run_rosa(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& ba
   std::printf("RoSA: r = %lld + %lld sparse entries, %lld trainable parameters, task %c\n",
               static_cast<long long>(o.rosa_rank), static_cast<long long>(r.sparse),
               static_cast<long long>(r.trainable), task.name);
-  RosaHooks hooks{{.mask_warmup_steps = o.mask_warmup}, o.mask_batches, &builder, &adapted, &task};
+  RosaHooks hooks{{.mask_warmup_steps = o.mask_warmup},
+                  o.mask_batches,
+                  &builder,
+                  &adapted,
+                  &task,
+                  &opt,
+                  sparse_groups};
   train_and_evaluate(r, ctx, adapted, opt, hooks, base, task, batch, o);
   return r;
 }

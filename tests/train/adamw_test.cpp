@@ -72,6 +72,27 @@ TEST(AdamW, AddLayerSelectsByNameAndCallsParametersUpdated) {
                {"AdamW::add", "no parameter"});
 }
 
+TEST(AdamW, ResetStateRestartsAGroupLikeANewParameter) {
+  // After reset_state, a group's next step is the first step of a fresh parameter: with
+  // bias correction its size is lr · sign(g), whatever the earlier steps did.
+  HostCtx ctx;
+  Matrix<double, Cpu> p(1, 1), g(1, 1), q(1, 1), gq(1, 1);
+  AdamW<double, Cpu> opt({.lr = 0.1, .weight_decay = 0.0});
+  const auto first = opt.add({{"p", p.view(), g.view()}});
+  opt.add({{"q", q.view(), gq.view()}});
+  g.data()[0] = 5.0;
+  gq.data()[0] = 5.0;
+  for (int i = 0; i < 3; ++i) opt.step(ctx);
+  opt.reset_state(ctx, first);
+  const double p_before = p.data()[0], q_before = q.data()[0];
+  g.data()[0] = -0.001;
+  gq.data()[0] = -0.001;
+  opt.step(ctx);
+  EXPECT_NEAR(p.data()[0] - p_before, 0.1, 1e-6);  // fresh: a full lr step against g
+  EXPECT_LT(q.data()[0] - q_before, 0.0);          // q's momentum still points the old way
+  expect_error([&] { opt.reset_state(ctx, 5); }, ErrorKind::invalid_argument, {"group 5"});
+}
+
 TEST(AdamW, BadOptionsThrow) {
   expect_error([] { AdamW<float, Cpu>({.lr = -1}); }, ErrorKind::invalid_argument, {"lr is -1"});
   expect_error([] { AdamW<float, Cpu>({.beta1 = 1.0}); }, ErrorKind::invalid_argument,

@@ -30,6 +30,12 @@ struct RosaConfig {
   index_t capacity(index_t out, index_t in) const {
     return static_cast<index_t>(density * double(out) * double(in));
   }
+
+  /// The density whose capacity is exactly `entries` for an out x in weight (e.g. to match
+  /// another adapter's trainable budget).
+  static double density_for(index_t entries, index_t out, index_t in) {
+    return (double(entries) + 0.5) / (double(out) * double(in));
+  }
 };
 
 template <class T, class B>

@@ -21,6 +21,12 @@ struct CsrView {
   V* values = nullptr;
 };
 
+/// The same view with read-only values.
+template <class V, class B>
+CsrView<const V, B> as_const(const CsrView<V, B>& s) {
+  return {s.rows, s.cols, s.nnz, s.row_offsets, s.col_indices, s.values};
+}
+
 /// Per-matrix state a backend keeps between calls (cuSPARSE descriptors and buffers on the GPU;
 /// nothing on the CPU). Specialised in backend/<name>/sparse.
 template <class B>

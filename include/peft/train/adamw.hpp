@@ -51,11 +51,11 @@ class AdamW {
   }
 
   /// Adds a layer's parameters (all, or those named in group.names) as one group; the layer's
-  /// parameters_updated runs after every step.
+  /// parameters_updated runs after every step. Returns the group's index.
   template <class Layer>
   requires Adapter<Layer> && std::is_same_v<typename Layer::param_type, P> &&
       std::is_same_v<typename Layer::backend_type, B>
-  void add(Layer& layer, const ParamGroupOptions& group = {}) {
+          std::size_t add(Layer& layer, const ParamGroupOptions& group = {}) {
     std::vector<Parameter<P, B>> selected;
     for (auto& p : layer.parameters()) {
       if (group.names.empty() || contains(group.names, p.name)) selected.push_back(p);
@@ -63,13 +63,14 @@ class AdamW {
     PEFT_CHECK_ARG(!selected.empty(),
                    "AdamW::add: no parameter of the layer matches the group's "
                    "names");
-    add(
-        std::move(selected), group, [&layer](Ctx& ctx) { layer.parameters_updated(ctx); }, &layer);
+    auto on_updated = [&layer](Ctx& ctx) { layer.parameters_updated(ctx); };
+    return add(std::move(selected), group, on_updated, &layer);
   }
 
-  /// Adds raw parameters as one group; on_updated (optional) runs after every step.
-  void add(std::vector<Parameter<P, B>> params, const ParamGroupOptions& group = {},
-           std::function<void(Ctx&)> on_updated = {}, const void* owner = nullptr) {
+  /// Adds raw parameters as one group; on_updated (optional) runs after every step. Returns the
+  /// group's index.
+  std::size_t add(std::vector<Parameter<P, B>> params, const ParamGroupOptions& group = {},
+                  std::function<void(Ctx&)> on_updated = {}, const void* owner = nullptr) {
     Group g;
     g.lr = group.lr.value_or(options_.lr);
     g.weight_decay = group.weight_decay.value_or(options_.weight_decay);
@@ -89,14 +90,17 @@ class AdamW {
     groups_.push_back(std::move(g));
     if (on_updated && (owner == nullptr || !has_owner(owner)))
       callbacks_.push_back({owner, std::move(on_updated)});
+    return groups_.size() - 1;
   }
 
-  /// One step over every group, then parameters_updated on the layers.
+  /// One step over every group, then parameters_updated on the layers. Bias correction counts
+  /// each group's own steps (PyTorch counts per parameter from its first update).
   void step(Ctx& ctx) {
     ++steps_;
-    const double bc1 = 1.0 - std::pow(options_.beta1, double(steps_));
-    const double bc2 = 1.0 - std::pow(options_.beta2, double(steps_));
     for (auto& g : groups_) {
+      ++g.steps;
+      const double bc1 = 1.0 - std::pow(options_.beta1, double(g.steps));
+      const double bc2 = 1.0 - std::pow(options_.beta2, double(g.steps));
       const AdamWStep h{g.lr, options_.beta1, options_.beta2, options_.eps, g.weight_decay, bc1,
                         bc2};
       // One fused update per group (one kernel on the GPU).
@@ -106,6 +110,17 @@ class AdamW {
   }
 
   std::int64_t steps() const noexcept { return steps_; }
+
+  /// Zeroes a group's moments and step count, as if its parameters were new to the optimizer
+  /// (e.g. RoSA's rosa_S once its mask exists: PyTorch starts S's state at its first update).
+  void reset_state(Ctx& ctx, std::size_t group) {
+    Group& g = at(group);
+    for (auto& slot : g.slots) {
+      fill(ctx, slot.m.view(), 0.0);
+      fill(ctx, slot.v.view(), 0.0);
+    }
+    g.steps = 0;
+  }
   std::size_t num_groups() const noexcept { return groups_.size(); }
   double lr(std::size_t group) const { return at(group).lr; }
   /// For learning-rate schedules.
@@ -126,6 +141,7 @@ class AdamW {
     std::vector<AdamWTensors<P, B>> tensors;  // views of slots, built once
     double lr = 0;
     double weight_decay = 0;
+    std::int64_t steps = 0;
   };
 
   static bool contains(const std::vector<std::string>& names, const std::string& name) {
