@@ -1,0 +1,328 @@
+// LoRA on the CPU against its own frozen base.
+//
+//   BM_LoraForward/n/in/out/r          layer.forward(x, y)                  vs  y = x W0ᵀ
+//   BM_LoraForwardBackward/n/in/out/r  layer.forward + layer.backward(→dx)  vs  y = x W0ᵀ, dx = dy W0
+//   BM_Gemm/n/in/out                   the base forward GEMM through peft::cpu::gemm   (GF/s)
+//   BM_CblasGemm/n/in/out              the same shape through cblas_sgemm directly     (GF/s)
+//
+// Timing. Every iteration runs the base and the adapter once each, in alternating order (base
+// first on even iterations, adapter first on odd ones), so that machine drift and cache warmth
+// hit both alike. Each part is timed with std::chrono::steady_clock. The benchmark's own clock
+// is paused around the base, so the reported time is the adapter's alone.
+//
+// Counters (all plain values, so repetitions aggregate them like times):
+//   overhead  the median over iterations of (adapter time / base time) of the same iteration.
+//             The median of per-iteration ratios is used because it ignores the iterations that
+//             a neighbour on the (shared, 2-core) machine slowed down, and a ratio of two
+//             adjacent measurements cancels slow drift.
+//   base_ms   mean time of the base per iteration, in ms.
+//   GFLOPS    FLOPs the layer really does (base + adapter) / mean adapter time, in 1e9/s.
+//             For BM_Gemm / BM_CblasGemm: 2·n·in·out / mean time.
+//   vs_cblas  BM_Gemm only, with BLAS: median of per-iteration (peft gemm / cblas_sgemm) times,
+//             the two alternating as above. The library's base must stay within 1.05.
+//
+// Names carry no /min_time or /manual_time suffix: choose the run length with
+// --benchmark_min_time (the big 2048/4096/4096 shape exceeds 0.2 s per iteration and so runs a
+// single iteration per repetition at small min_time).
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <peft/peft.hpp>
+
+#if defined(PEFT_USE_BLAS)
+#include <cblas.h>
+// OpenBLAS only; weak so that another BLAS still links. Recorded in the JSON context because
+// the kernel OpenBLAS picks for the CPU sets the base's speed (see OPENBLAS_CORETYPE).
+extern "C" char* openblas_get_corename(void) __attribute__((weak));
+extern "C" char* openblas_get_config(void) __attribute__((weak));
+#endif
+
+namespace {
+
+using peft::index_t;
+using Ctx = peft::Context<peft::Cpu>;
+using Mat = peft::Matrix<float, peft::Cpu>;
+using Clock = std::chrono::steady_clock;
+
+struct Shape {
+  index_t n, in, out, r;
+};
+
+// (n, in, out, r)
+constexpr Shape kShapes[] = {
+    {16, 4096, 4096, 16},   {512, 1024, 1024, 16}, {512, 2048, 2048, 16},
+    {512, 2048, 2048, 64},  {2048, 4096, 4096, 16},
+};
+
+Ctx& context() {
+  static Ctx ctx;
+  return ctx;
+}
+
+void fill_uniform(Mat& m, std::uint64_t seed) {
+  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  float* p = m.data();
+  for (index_t i = 0; i < m.rows() * m.cols(); ++i) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    p[i] = static_cast<float>(static_cast<double>(s >> 40) / double(1 << 24) * 2.0 - 1.0);
+  }
+}
+
+/// Activations, gradients and the frozen weight of one (n, in, out): allocated, filled and
+/// touched once per shape and shared by every benchmark of that shape (the big shape holds
+/// ~190 MB and the benchmark library calls each case several times).
+struct Problem {
+  Mat x, w0, y, dy, dx;
+  Problem(index_t n, index_t in, index_t out)
+      : x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in) {
+    fill_uniform(x, 1);
+    fill_uniform(w0, 2);
+    fill_uniform(dy, 3);
+    fill_uniform(y, 4);
+    fill_uniform(dx, 5);
+  }
+};
+
+Problem& problem(index_t n, index_t in, index_t out) {
+  static std::map<std::tuple<index_t, index_t, index_t>, std::unique_ptr<Problem>> cache;
+  auto& slot = cache[{n, in, out}];
+  if (!slot) slot = std::make_unique<Problem>(n, in, out);
+  return *slot;
+}
+
+/// One layer per (n, in, out, r), built once: dropout 0, PEFT's default initialisation (B = 0;
+/// the GEMMs cost the same with a zero B).
+peft::Lora<float, peft::Cpu>& layer(const Shape& s) {
+  static std::map<std::tuple<index_t, index_t, index_t, index_t>,
+                  std::unique_ptr<peft::Lora<float, peft::Cpu>>>
+      cache;
+  auto& slot = cache[{s.n, s.in, s.out, s.r}];
+  if (!slot) {
+    Problem& p = problem(s.n, s.in, s.out);
+    peft::LoraConfig cfg;
+    cfg.r = s.r;
+    cfg.alpha = double(2 * s.r);
+    cfg.dropout = 0.0f;
+    slot = std::make_unique<peft::Lora<float, peft::Cpu>>(context(), p.w0.view(), cfg);
+    slot->preallocate(context(), s.n);
+  }
+  return *slot;
+}
+
+double seconds_of(auto&& f) {
+  const auto t0 = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+  std::nth_element(v.begin(), mid, v.end());
+  if (v.size() % 2 == 1) return *mid;
+  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
+}
+
+/// Runs `subject` (timed by the benchmark) and `reference` (benchmark clock paused) once each
+/// per iteration, in alternating order. Returns the per-iteration times of both.
+struct Paired {
+  std::vector<double> subject, reference;
+};
+
+template <class Subject, class Reference>
+Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& reference) {
+  // One untimed round first: page faults, thread wake-up, OpenBLAS buffers.
+  subject();
+  reference();
+  Paired t;
+  t.subject.reserve(static_cast<std::size_t>(state.max_iterations));
+  t.reference.reserve(static_cast<std::size_t>(state.max_iterations));
+  bool reference_first = true;
+  for (auto _ : state) {
+    double ts = 0, tr = 0;
+    if (reference_first) {
+      state.PauseTiming();
+      tr = seconds_of(reference);
+      state.ResumeTiming();
+      ts = seconds_of(subject);
+    } else {
+      ts = seconds_of(subject);
+      state.PauseTiming();
+      tr = seconds_of(reference);
+      state.ResumeTiming();
+    }
+    reference_first = !reference_first;
+    t.subject.push_back(ts);
+    t.reference.push_back(tr);
+  }
+  return t;
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+
+double median_ratio(const Paired& t) {
+  std::vector<double> ratios(t.subject.size());
+  for (std::size_t i = 0; i < ratios.size(); ++i) ratios[i] = t.subject[i] / t.reference[i];
+  return median(std::move(ratios));
+}
+
+Shape shape_of(const benchmark::State& state) {
+  return {state.range(0), state.range(1), state.range(2), state.range(3)};
+}
+
+void BM_LoraForward(benchmark::State& state) {
+  const Shape s = shape_of(state);
+  Ctx& ctx = context();
+  Problem& p = problem(s.n, s.in, s.out);
+  auto& lora = layer(s);
+  const auto x = as_const(p.x.view());
+  const auto w0 = as_const(p.w0.view());
+  const auto y = p.y.view();
+
+  const Paired t = run_paired(
+      state, [&] { lora.forward(ctx, x, y); },
+      [&] { peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); });
+
+  const double base_flops = 2.0 * double(s.n) * double(s.in) * double(s.out);
+  const double adapter_flops = 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
+  state.counters["overhead"] = median_ratio(t);
+  state.counters["base_ms"] = 1e3 * mean(t.reference);
+  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+}
+
+void BM_LoraForwardBackward(benchmark::State& state) {
+  const Shape s = shape_of(state);
+  Ctx& ctx = context();
+  Problem& p = problem(s.n, s.in, s.out);
+  auto& lora = layer(s);
+  const auto x = as_const(p.x.view());
+  const auto w0 = as_const(p.w0.view());
+  const auto dy = as_const(p.dy.view());
+  const auto y = p.y.view();
+  const auto dx = p.dx.view();
+
+  const Paired t = run_paired(
+      state,
+      [&] {
+        lora.forward(ctx, x, y);
+        lora.backward(ctx, x, dy, dx);
+      },
+      [&] {
+        peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y);
+        peft::cpu::gemm(ctx, peft::Op::N, peft::Op::N, 1.0, dy, w0, 0.0, dx);
+      });
+  lora.zero_grad(ctx);  // backward accumulates; keep the gradients bounded across runs
+
+  const double base_flops = 2 * 2.0 * double(s.n) * double(s.in) * double(s.out);
+  // forward: x Aᵀ (in), (x Aᵀ) Bᵀ (out); backward: dB (out), d(x Aᵀ) (out), dA (in), d(x Aᵀ) A (in)
+  const double adapter_flops = 3 * 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
+  state.counters["overhead"] = median_ratio(t);
+  state.counters["base_ms"] = 1e3 * mean(t.reference);
+  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+}
+
+void BM_Gemm(benchmark::State& state) {
+  const index_t n = state.range(0), in = state.range(1), out = state.range(2);
+  Ctx& ctx = context();
+  Problem& p = problem(n, in, out);
+  const auto x = as_const(p.x.view());
+  const auto w0 = as_const(p.w0.view());
+  const auto y = p.y.view();
+  auto library = [&] { peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); };
+  const double flops = 2.0 * double(n) * double(in) * double(out);
+#if defined(PEFT_USE_BLAS)
+  auto direct = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(out), int(in), 1.0f,
+                p.x.data(), int(in), p.w0.data(), int(in), 0.0f, p.y.data(), int(out));
+  };
+  const Paired t = run_paired(state, library, direct);
+  state.counters["vs_cblas"] = median_ratio(t);
+  state.counters["GFLOPS"] = flops / mean(t.subject) * 1e-9;
+#else
+  library();  // untimed warm-up
+  std::vector<double> times;
+  for (auto _ : state) times.push_back(seconds_of(library));
+  state.counters["GFLOPS"] = flops / mean(times) * 1e-9;
+#endif
+}
+
+#if defined(PEFT_USE_BLAS)
+void BM_CblasGemm(benchmark::State& state) {
+  const index_t n = state.range(0), in = state.range(1), out = state.range(2);
+  Problem& p = problem(n, in, out);
+  // The thread count the library gives OpenBLAS (the Context's), also for this direct call.
+  peft::cpu::detail::apply_threads(context());
+  auto direct = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(out), int(in), 1.0f,
+                p.x.data(), int(in), p.w0.data(), int(in), 0.0f, p.y.data(), int(out));
+  };
+  direct();  // untimed warm-up
+  std::vector<double> times;
+  times.reserve(static_cast<std::size_t>(state.max_iterations));
+  for (auto _ : state) times.push_back(seconds_of(direct));
+  state.counters["GFLOPS"] = 2.0 * double(n) * double(in) * double(out) / mean(times) * 1e-9;
+}
+#endif
+
+void register_all() {
+  std::vector<std::tuple<index_t, index_t, index_t>> bases;
+  for (const Shape& s : kShapes) {
+    benchmark::RegisterBenchmark("BM_LoraForward", BM_LoraForward)
+        ->Args({s.n, s.in, s.out, s.r})
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("BM_LoraForwardBackward", BM_LoraForwardBackward)
+        ->Args({s.n, s.in, s.out, s.r})
+        ->Unit(benchmark::kMillisecond);
+    // The base GEMM of each distinct (n, in, out).
+    const auto key = std::make_tuple(s.n, s.in, s.out);
+    if (std::find(bases.begin(), bases.end(), key) != bases.end()) continue;
+    bases.push_back(key);
+    benchmark::RegisterBenchmark("BM_Gemm", BM_Gemm)
+        ->Args({s.n, s.in, s.out})
+        ->Unit(benchmark::kMillisecond);
+#if defined(PEFT_USE_BLAS)
+    benchmark::RegisterBenchmark("BM_CblasGemm", BM_CblasGemm)
+        ->Args({s.n, s.in, s.out})
+        ->Unit(benchmark::kMillisecond);
+#endif
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  register_all();
+  benchmark::AddCustomContext("peft_blas",
+#if defined(PEFT_USE_BLAS)
+                              "cblas (OpenBLAS)"
+#else
+                              "Eigen"
+#endif
+  );
+  benchmark::AddCustomContext("peft_threads", std::to_string(context().threads()));
+#if defined(PEFT_USE_BLAS)
+  if (openblas_get_config != nullptr) benchmark::AddCustomContext("openblas_config", openblas_get_config());
+  if (openblas_get_corename != nullptr)
+    benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+#endif
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
