@@ -19,5 +19,9 @@
 #include "adapters/rosa.hpp"
 #include "sparse/csr.hpp"
 
+#include "io/adapter_set.hpp"
+#include "io/peft_format.hpp"
+#include "io/safetensors.hpp"
+
 #include "train/adamw.hpp"
 #include "train/rosa_mask.hpp"

@@ -28,10 +28,14 @@
 
 namespace peft::detail {
 
-inline std::string errno_message(int error) { return std::generic_category().message(error); }
+inline std::string errno_message(int error) {
+  return std::generic_category().message(error);
+}
 
 /// `path` in quotes, for messages.
-inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
+inline std::string quoted(const std::filesystem::path& path) {
+  return concat("'", path.string(), "'");
+}
 
 /// A whole file mapped read-only. Move-only; unmaps on destruction. The bytes may change (or
 /// the process get SIGBUS) if another process truncates the file while it is mapped: map only
@@ -83,9 +87,13 @@ class MappedFile {
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile() { unmap(); }
+  ~MappedFile() {
+    unmap();
+  }
 
-  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  std::span<const std::byte> bytes() const noexcept {
+    return {data_, size_};
+  }
 
  private:
   void unmap() noexcept {
@@ -107,13 +115,13 @@ inline std::string read_file_text(const std::filesystem::path& path, std::uint64
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
   PEFT_CHECK(size >= 0, ErrorKind::io, quoted(path), ": cannot determine the size");
-  PEFT_CHECK(static_cast<std::uint64_t>(size) <= max_bytes, ErrorKind::io, quoted(path), ": ",
-             size, " bytes, more than the limit of ", max_bytes);
+  PEFT_CHECK(static_cast<std::uint64_t>(size) <= max_bytes, ErrorKind::io, quoted(path), ": ", size,
+             " bytes, more than the limit of ", max_bytes);
   in.seekg(0, std::ios::beg);
   std::string text(static_cast<std::size_t>(size), '\0');
   in.read(text.data(), size);
-  PEFT_CHECK(in.gcount() == size, ErrorKind::io, quoted(path), ": read ", in.gcount(), " of ",
-             size, " bytes");
+  PEFT_CHECK(in.gcount() == size, ErrorKind::io, quoted(path), ": read ", in.gcount(), " of ", size,
+             " bytes");
   return text;
 }
 
@@ -155,8 +163,7 @@ class AtomicFile {
       if (fd_ >= 0) break;
       const int error = errno;
       PEFT_CHECK(error == EEXIST && attempt < 100, ErrorKind::io, quoted(target_),
-                 ": cannot create the temporary file ", quoted(temp_), ": ",
-                 errno_message(error));
+                 ": cannot create the temporary file ", quoted(temp_), ": ", errno_message(error));
 #else
       if (std::filesystem::exists(temp_) && attempt < 100) continue;
       out_.open(temp_, std::ios::binary | std::ios::trunc);
@@ -176,8 +183,12 @@ class AtomicFile {
     }
   }
 
-  const std::filesystem::path& temp_path() const noexcept { return temp_; }
-  const std::filesystem::path& target() const noexcept { return target_; }
+  const std::filesystem::path& temp_path() const noexcept {
+    return temp_;
+  }
+  const std::filesystem::path& target() const noexcept {
+    return target_;
+  }
 
   void write(std::span<const std::byte> bytes) {
     PEFT_CHECK(!finished_, ErrorKind::state, "AtomicFile::write: ", quoted(target_),
@@ -188,8 +199,8 @@ class AtomicFile {
     while (left > 0) {
       const ::ssize_t n = ::write(fd_, p, left);
       if (n < 0 && errno == EINTR) continue;
-      PEFT_CHECK(n > 0, ErrorKind::io, quoted(temp_), ": write failed: ",
-                 n < 0 ? errno_message(errno) : std::string("no progress"));
+      PEFT_CHECK(n > 0, ErrorKind::io, quoted(temp_),
+                 ": write failed: ", n < 0 ? errno_message(errno) : std::string("no progress"));
       p += n;
       left -= static_cast<std::size_t>(n);
     }
@@ -199,17 +210,19 @@ class AtomicFile {
     PEFT_CHECK(out_.good(), ErrorKind::io, quoted(temp_), ": write failed");
 #endif
   }
-  void write(std::string_view text) { write(std::as_bytes(std::span(text.data(), text.size()))); }
+  void write(std::string_view text) {
+    write(std::as_bytes(std::span(text.data(), text.size())));
+  }
 
   /// Flushes the data to the disk and closes the temporary file.
   void finish() {
     if (finished_) return;
 #if PEFT_IO_POSIX
-    PEFT_CHECK(::fsync(fd_) == 0, ErrorKind::io, quoted(temp_), ": fsync failed: ",
-               errno_message(errno));
+    PEFT_CHECK(::fsync(fd_) == 0, ErrorKind::io, quoted(temp_),
+               ": fsync failed: ", errno_message(errno));
     const int fd = std::exchange(fd_, -1);
-    PEFT_CHECK(::close(fd) == 0, ErrorKind::io, quoted(temp_), ": close failed: ",
-               errno_message(errno));
+    PEFT_CHECK(::close(fd) == 0, ErrorKind::io, quoted(temp_),
+               ": close failed: ", errno_message(errno));
 #else
     out_.close();
     PEFT_CHECK(!out_.fail(), ErrorKind::io, quoted(temp_), ": close failed");

@@ -30,7 +30,7 @@ inline std::uint32_t round_to_small_float(double value, int exp_bits, int man_bi
   if (exponent == 0) return sign;
 
   const int bias = (1 << (exp_bits - 1)) - 1;
-  const int target_exponent = exponent - 1023 + bias;        // biased, before rounding
+  const int target_exponent = exponent - 1023 + bias;                     // biased, before rounding
   const std::uint64_t significand = (std::uint64_t{1} << 52) | mantissa;  // value = sig 2^(e-52)
   int shift = 52 - man_bits;
   std::uint64_t base = 0;

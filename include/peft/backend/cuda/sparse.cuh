@@ -480,11 +480,12 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
   auto* bins = frame.take<unsigned long long>(257);
   std::array<unsigned long long, 257> host{};
 
-  // Find the k-th largest key digit by digit, from the most significant.
+  // Find the k-th largest key digit by digit, from the most significant. The first pass also
+  // counts the non-finite scores, so it runs for k = 0 too (the CPU primitive throws then).
   Key prefix = 0, prefix_mask = 0;
   index_t remaining = k;  // how many of the keys matching the prefix are still to be taken
   constexpr int kBits = int(sizeof(Key) * 8);
-  for (int shift = kBits - 8; shift >= 0 && k > 0; shift -= 8) {
+  for (int shift = kBits - 8; shift >= 0 && (k > 0 || shift == kBits - 8); shift -= 8) {
     PEFT_CUDA_CHECK(cudaMemsetAsync(bins, 0, sizeof(unsigned long long) * 257, ctx.stream()));
     detail::digit_histogram_kernel<U>
         <<<std::min(detail::grid_size(total), 1024u), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
