@@ -296,6 +296,9 @@ void spmm(Context<Cuda>& ctx, double alpha, MatrixView<TX, Cuda> x,
       scale(ctx, beta, y);
     return;
   }
+  // BLAS semantics: with beta = 0, Y is not read (it may hold NaN); do not rely on cuSPARSE
+  // for that, zero it.
+  if (beta == 0) fill(ctx, y, 0.0);
   const int orientation = op == Op::T ? 0 : 1;
   auto& plan = op_s.cache->plan(orientation);
   detail::ensure_matrix(plan, a);
