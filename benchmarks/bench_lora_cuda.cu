@@ -112,9 +112,8 @@ void fill_uniform(DeviceMat<T>& m, std::uint32_t seed) {
   const index_t count = m.rows() * m.cols();
   if (count == 0) return;
   const auto s = peft::make_stream(seed, 0, peft::RandomPurpose::init);
-  fill_uniform_kernel<T>
-      <<<peft::gpu::detail::grid_size(count), peft::gpu::detail::kThreadsPerBlock, 0,
-         context().stream()>>>(m.data(), count, s);
+  fill_uniform_kernel<T><<<peft::gpu::detail::grid_size(count), peft::gpu::detail::kThreadsPerBlock,
+                           0, context().stream()>>>(m.data(), count, s);
   PEFT_CUDA_CHECK_LAUNCH();
 }
 

@@ -79,11 +79,16 @@ class Rosa {
   index_t out_features() const noexcept { return lora_.out_features(); }
   index_t num_trainable() const noexcept { return lora_.num_trainable() + s_.capacity(); }
   index_t sparse_capacity() const noexcept { return s_.capacity(); }
+  index_t rank() const noexcept { return lora_.rank(); }
+  bool training() const noexcept { return lora_.training(); }
   bool has_mask() const noexcept { return s_.has_pattern(); }
   bool merged() const noexcept { return merged_; }
   RosaForward forward_mode() const noexcept { return mode_; }
   const RosaConfig& config() const noexcept { return config_; }
   Lora<T, B>& lora() noexcept { return lora_; }
+  const Lora<T, B>& lora() const noexcept { return lora_; }
+  /// The frozen weight the layer was built over (its LoRA part's).
+  ConstView base_weight() const noexcept { return lora_.base_weight(); }
   const CsrMatrix<param_type, B>& sparse() const noexcept { return s_; }
   CsrMatrix<param_type, B>& sparse() noexcept { return s_; }
 

@@ -5,5 +5,5 @@
 #include "dense.hpp"
 #include "eigen_interop.hpp"
 #include "elementwise.hpp"
-#include "transfer.hpp"
 #include "sparse.hpp"
+#include "transfer.hpp"

@@ -24,7 +24,6 @@ void check_same_shape(const char* what, const MatrixView<A, Cpu>& x, const Matri
                    shape_string(x), " and ", shape_string(y));
 }
 
-
 }  // namespace detail
 
 /// x = value.
@@ -56,7 +55,7 @@ void axpy(Context<Cpu>& ctx, double alpha, MatrixView<TX, Cpu> x, MatrixView<TY,
   for (index_t i = 0; i < rows; ++i)
     for (index_t j = 0; j < cols; ++j)
       y(i, j) = convert_value<std::remove_const_t<TY>>(alpha * convert_value<double>(x(i, j)) +
-                                                        convert_value<double>(y(i, j)));
+                                                       convert_value<double>(y(i, j)));
 }
 
 /// dst = src, converting the element type (fp32 parameters to their 16-bit GEMM copies).
@@ -91,8 +90,9 @@ void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<
   PEFT_CHECK_ARG(p >= 0.0f && p < 1.0f, "dropout: p is ", p, ", expected in [0, 1)");
   PEFT_CHECK_ARG(stream != nullptr, "dropout: null random stream");
   const index_t rows = x.rows(), cols = x.cols();
-  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements, "dropout: ",
-                   rows * cols, " elements exceed one random stream (", kMaxStreamElements, ")");
+  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements,
+                   "dropout: ", rows * cols, " elements exceed one random stream (",
+                   kMaxStreamElements, ")");
   const RandomStream s = *stream;
   const std::uint32_t threshold = dropout_threshold(p);
   using S = accum_t<std::remove_const_t<T>>;  // double stays double
@@ -104,8 +104,8 @@ void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<
     for (index_t j = 0; j < cols; ++j, ++flat) {
       if (flat % 4 == 0) block = s.block(flat / 4);
       const bool keep = block.c[flat % 4] >= threshold;
-      out(i, j) = keep ? convert_value<T>(convert_value<S>(x(i, j)) * keep_scale)
-                       : convert_value<T>(S(0));
+      out(i, j) =
+          keep ? convert_value<T>(convert_value<S>(x(i, j)) * keep_scale) : convert_value<T>(S(0));
     }
   }
 }
@@ -173,7 +173,8 @@ void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, MatrixView<T, Cpu> valu
 
 /// The same update for several parameters (one call per parameter group).
 template <class T>
-void adamw_update(Context<Cpu>& ctx, const AdamWStep& h, std::span<const AdamWTensors<T, Cpu>> tensors) {
+void adamw_update(Context<Cpu>& ctx, const AdamWStep& h,
+                  std::span<const AdamWTensors<T, Cpu>> tensors) {
   for (const auto& t : tensors) adamw_update(ctx, h, t.value, t.grad, t.m, t.v);
 }
 

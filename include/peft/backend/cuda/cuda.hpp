@@ -7,5 +7,5 @@
 #include "dense.cuh"
 #include "dtype.cuh"
 #include "elementwise.cuh"
-#include "transfer.cuh"
 #include "sparse.cuh"
+#include "transfer.cuh"

@@ -41,7 +41,10 @@ void gemm(Context<Cuda>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cud
                    ", op(A) op(B) is ", m, " x ", n);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // no products: C = beta C, as on the CPU (never hand cuBLAS empty operands)
-    if (beta == 0) fill(ctx, c, 0.0); else scale(ctx, beta, c);
+    if (beta == 0)
+      fill(ctx, c, 0.0);
+    else
+      scale(ctx, beta, c);
     return;
   }
 

@@ -357,10 +357,10 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
   const auto af = staged(a);
   const auto bf = staged(b);
   cusparseSpMatDescr_t c = nullptr;
-  PEFT_CUDA_CHECK(cusparseCreateCsr(
-      &c, s.rows, s.cols, s.nnz, const_cast<std::int32_t*>(s.row_offsets),
-      const_cast<std::int32_t*>(s.col_indices), s.values, CUSPARSE_INDEX_32I, CUSPARSE_INDEX_32I,
-      CUSPARSE_INDEX_BASE_ZERO, gpu::detail::data_type<V>()));
+  PEFT_CUDA_CHECK(
+      cusparseCreateCsr(&c, s.rows, s.cols, s.nnz, const_cast<std::int32_t*>(s.row_offsets),
+                        const_cast<std::int32_t*>(s.col_indices), s.values, CUSPARSE_INDEX_32I,
+                        CUSPARSE_INDEX_32I, CUSPARSE_INDEX_BASE_ZERO, gpu::detail::data_type<V>()));
   try {
     // Row-major M is the column-major Mᵀ: op(M) = M needs a transpose of that, op(M) = Mᵀ none.
     const auto cu_op = [](Op op) {
