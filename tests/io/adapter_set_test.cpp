@@ -9,6 +9,7 @@ namespace peft::test {
 namespace {
 
 using FLora = Lora<float, Cpu>;
+using FRosa = Rosa<float, Cpu>;
 
 struct TinyModel {
   std::vector<std::string> names = {"model.layers.0.self_attn.q_proj",
@@ -173,6 +174,50 @@ TEST(AdapterSet, MergesAndUnmergesAll) {
   for (std::size_t i = 0; i < model.names.size(); ++i)
     EXPECT_LT(relative_error(as_const(model.weights[i].view()), as_const(originals[i].view())),
               1e-6);
+}
+
+TEST(AdapterSet, HoldsRosaLayers) {
+  HostCtx ctx;
+  TinyModel model;
+  AdapterSet<float, Cpu> set;
+  for (std::size_t i = 0; i < model.names.size(); ++i)
+    set.add_rosa(ctx, model.names[i], model.base.at(model.names[i]),
+                 {.lora = {.r = 2, .init = LoraInit::gaussian, .seed = 9}, .density = 0.25});
+  expect_error([&] { set.add_rosa(ctx, "lm_head", model.base.at("lm_head"), {}); },
+               ErrorKind::invalid_argument, {"'lm_head' already has an adapter"});
+  auto& head = set.get<FRosa>("lm_head");
+  EXPECT_EQ(head.lora().options().stream_id, fnv1a32("lm_head"));
+  EXPECT_EQ(head.sparse_capacity(), 10);  // int(0.25 * 7 * 6)
+  const auto params = set.parameters();
+  ASSERT_EQ(params.size(), 9u);
+  EXPECT_EQ(params[0].name, model.names[0] + ".lora_A");
+  EXPECT_EQ(params[1].name, model.names[0] + ".lora_B");
+  EXPECT_EQ(params[2].name, model.names[0] + ".rosa_S");
+  EXPECT_EQ(params[8].value.cols(), 10);
+  EXPECT_EQ(set.num_trainable(), 2 * (5 + 6) + 7 + 2 * (5 + 4) + 5 + 2 * (6 + 7) + 10);
+  EXPECT_THROW(set.get<FLora>("lm_head"), Error);
+
+  // Merging checks every weight first, as for LoRA, and adds s B A + S.
+  CsrPattern mask{7, 6, {0, 1, 1, 3, 3, 3, 3, 3}, {4, 0, 5}};
+  head.set_mask(ctx, mask);
+  head.sparse().values().data()[1] = 0.5f;
+  head.parameters()[1].value.data()[0] = 1.0f;  // B[0, 0]: a non-zero low-rank part
+  head.parameters_updated(ctx);
+  const auto original = converted<float>(as_const(model.weights[2].view()));
+  Matrix<float, Cpu> other(7, 6);
+  auto foreign = model.mutable_weights;
+  foreign["lm_head"] = other.view();
+  expect_error([&] { set.merge(ctx, foreign); }, ErrorKind::invalid_argument,
+               {"'lm_head'", "not the memory"});
+  EXPECT_FALSE(set.get<FRosa>(model.names[0]).merged());
+  Matrix<float, Cpu> delta(7, 6);
+  head.delta_weight(ctx, delta.view());
+  EXPECT_EQ(set.merge(ctx, model.mutable_weights), 3);
+  EXPECT_TRUE(head.merged());
+  EXPECT_FLOAT_EQ(model.weights[2].view()(2, 0), original.view()(2, 0) + delta.view()(2, 0));
+  EXPECT_NE(delta.view()(2, 0), 0.0f);
+  EXPECT_EQ(set.unmerge(ctx, model.mutable_weights), 3);
+  EXPECT_LT(relative_error(as_const(model.weights[2].view()), as_const(original.view())), 1e-6);
 }
 
 }  // namespace

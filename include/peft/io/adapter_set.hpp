@@ -4,7 +4,7 @@
 // optimizer and what save_adapter / load_adapter write and read.
 //
 // Layers are held in a std::variant (AnyAdapter) over the adapter types the checkpoint format
-// knows; adding a type (RoSA, ...) means adding it to AnyAdapter and to peft_format.hpp. Every
+// knows (LoRA and RoSA); adding a type means adding it to AnyAdapter and to peft_format.hpp. Every
 // alternative models the Adapter concept, which is all the set's own operations use. Layers
 // live on the heap and never move, so references to them (an optimizer holds some) stay valid
 // while the set lives, also when the set itself is moved.
@@ -25,6 +25,7 @@
 
 #include "../adapters/adapter.hpp"
 #include "../adapters/lora.hpp"
+#include "../adapters/rosa.hpp"
 
 namespace peft {
 
@@ -69,7 +70,7 @@ using WeightMap = std::map<std::string, MatrixView<T, B>, std::less<>>;
 
 /// Every adapter type a set (and the checkpoint format) can hold.
 template <class T, class B>
-using AnyAdapter = std::variant<Lora<T, B>>;
+using AnyAdapter = std::variant<Lora<T, B>, Rosa<T, B>>;
 
 template <class T, class B>
 class AdapterSet {
@@ -94,6 +95,16 @@ class AdapterSet {
     check_new_module("AdapterSet::add_lora", module);
     const LayerOptions options{.stream_id = module_stream_id(module)};
     return emplace<Lora<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
+  }
+
+  /// Adds a RoSA layer for `module` over `base`, with stream_id = module_stream_id(module). Its
+  /// parameters are "<module>.lora_A", "<module>.lora_B" and "<module>.rosa_S"; it has no mask
+  /// until one is set (Rosa::set_mask, or a RosaMaskBuilder).
+  Rosa<T, B>& add_rosa(Ctx& ctx, std::string module, const BaseLinear<T, B>& base,
+                       const RosaConfig& config) {
+    check_new_module("AdapterSet::add_rosa", module);
+    const LayerOptions options{.stream_id = module_stream_id(module)};
+    return emplace<Rosa<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
   }
 
   /// Adds a layer built elsewhere (moved in). Its stream_id is the caller's choice.

@@ -16,8 +16,8 @@
 // and weights from two different saves (e.g. a save interrupted between its two renames) are
 // detected on load. Files without the key (PEFT writes none) are accepted.
 //
-// Only LoRA is supported so far; the format is dispatched on peft_type, so other adapter
-// types add a branch to load_adapter and save_adapter.
+// The format is dispatched on peft_type: LORA here, ROSA (the layout of IST-DASLab/peft-rosa)
+// in peft_rosa_format.hpp; other adapter types add a branch to load_adapter and save_adapter.
 
 #include <algorithm>
 #include <charconv>
@@ -27,6 +27,12 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+// GCC 12 reports a false -Wmaybe-uninitialized inside libstdc++'s regex compiler at -O2/-O3
+// (std::function copied in _Compiler::_M_assertion); silence it for this header's users.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <regex>
 #include <string>
 #include <string_view>
@@ -48,6 +54,18 @@ inline constexpr const char* kAdapterWeightsName = "adapter_model.safetensors";
 /// safetensors metadata key holding the SHA-256 (hex) of adapter_config.json's bytes.
 inline constexpr const char* kAdapterConfigHashKey = "peft_cpp_config_sha256";
 
+/// RoSA-only fields of save_adapter (peft_rosa_format.hpp).
+struct RosaSaveOptions {
+  /// Index tensors (row_idx, col_idx, tr_*): unset writes I16, the reference's, unless a layer
+  /// has a dimension above 32768, then I32 with "peft_cpp_index_dtype": "int32" in the config;
+  /// I16 refuses such layers; I32 always uses the extension.
+  std::optional<SafetensorsDtype> index_dtype = std::nullopt;
+  /// The reference's mask-generation fields, recorded in adapter_config.json.
+  std::int64_t spa_num_grads = 1;
+  std::string grad_acc_mode = "mean_squared";  // or "mean"
+  std::string schedule = {};                   // e.g. "wl64"; empty: null
+};
+
 struct SaveOptions {
   /// Dtype of the saved factors: F32, F16, BF16 or F64. Default: the parameters' own type
   /// (F32, or F64 for a double model), so nothing is rounded unless asked for.
@@ -58,6 +76,8 @@ struct SaveOptions {
   std::string task_type = {};  // e.g. "CAUSAL_LM"
   /// target_modules; default: the full names of the set's modules.
   std::optional<std::vector<std::string>> target_modules = std::nullopt;
+  /// For sets of RoSA layers.
+  RosaSaveOptions rosa = {};
 };
 
 struct LoadOptions {
@@ -462,11 +482,25 @@ inline void commit_adapter_files(const std::filesystem::path& dir, const std::st
 
 // ---- save ----------------------------------------------------------------------------------
 
+namespace detail {
+
+// RoSA, in peft_rosa_format.hpp (included at the end of this file).
+template <class T, class B>
+void save_rosa(const std::filesystem::path& dir, AdapterSet<T, B>& set, Context<B>& ctx,
+               const SaveOptions& options, SafetensorsDtype dtype);
+template <class T, class B>
+AdapterSet<T, B> load_rosa(const std::filesystem::path& dir, const AdapterConfigFile& file,
+                           const BaseModel<T, B>& base, Context<B>& ctx,
+                           const LoadOptions& options);
+
+}  // namespace detail
+
 /// Writes `set` to `dir` (created if missing) as adapter_config.json and
 /// adapter_model.safetensors, in PEFT's format. The set is not modified (it is taken by
 /// reference because reading parameters needs non-const access). All layers must be LoRA
 /// with one lora_dropout, use_rslora and fan_in_fan_out; ranks and alphas may differ (written
-/// as rank_pattern / alpha_pattern around the most common values).
+/// as rank_pattern / alpha_pattern around the most common values). A set of RoSA layers is
+/// written as peft-rosa's ROSA checkpoint (peft_rosa_format.hpp); one set holds one type.
 template <class T, class B>
 void save_adapter(const std::filesystem::path& dir, AdapterSet<T, B>& set, Context<B>& ctx,
                   const SaveOptions& options = {}) {
@@ -476,6 +510,19 @@ void save_adapter(const std::filesystem::path& dir, AdapterSet<T, B>& set, Conte
   PEFT_CHECK_ARG(dtype == SafetensorsDtype::F32 || dtype == SafetensorsDtype::F16 ||
                      dtype == SafetensorsDtype::BF16 || dtype == SafetensorsDtype::F64,
                  "save_adapter: dtype ", to_string(dtype), " is not F32, F16, BF16 or F64");
+
+  bool any_lora = false, any_rosa = false;
+  set.for_each([&](const std::string&, auto& layer) {
+    using L = std::remove_cvref_t<decltype(layer)>;
+    (std::is_same_v<L, Rosa<T, B>> ? any_rosa : any_lora) = true;
+  });
+  PEFT_CHECK_ARG(!(any_lora && any_rosa),
+                 "save_adapter: the set holds LoRA and RoSA layers; one checkpoint holds one "
+                 "adapter type");
+  if (any_rosa) {
+    detail::save_rosa(dir, set, ctx, options, dtype);
+    return;
+  }
 
   std::vector<std::string> modules;
   std::vector<const Lora<T, B>*> layers;
@@ -510,6 +557,25 @@ void save_adapter(const std::filesystem::path& dir, AdapterSet<T, B>& set, Conte
 
 namespace detail {
 
+/// Opens `<dir>/adapter_model.safetensors` and checks the config hash it records (if any).
+inline SafetensorsReader open_adapter_weights(const std::filesystem::path& dir,
+                                              const AdapterConfigFile& file,
+                                              const LoadOptions& options) {
+  SafetensorsReader reader =
+      SafetensorsReader::open(dir / kAdapterWeightsName, {.access = options.access});
+  if (options.verify_config_hash) {
+    const auto it = reader.metadata().find(kAdapterConfigHashKey);
+    if (it != reader.metadata().end()) {
+      const std::string actual = sha256_hex(file.text);
+      PEFT_CHECK(it->second == actual, ErrorKind::io, "load_adapter: ", quoted(dir), ": ",
+                 kAdapterConfigName, " (SHA-256 ", actual, ") is not the config ",
+                 kAdapterWeightsName, " was saved with (", it->second,
+                 "): the two files come from different saves (an interrupted save?)");
+    }
+  }
+  return reader;
+}
+
 template <class T, class B>
 AdapterSet<T, B> load_lora(const std::filesystem::path& dir, const AdapterConfigFile& file,
                            const BaseModel<T, B>& base, Context<B>& ctx,
@@ -520,17 +586,7 @@ AdapterSet<T, B> load_lora(const std::filesystem::path& dir, const AdapterConfig
       LoraAdapterConfig::from_json(file.json, detail::concat(where, ": ", kAdapterConfigName));
   if (options.fan_in_fan_out) config.fan_in_fan_out = *options.fan_in_fan_out;
 
-  const SafetensorsReader reader =
-      SafetensorsReader::open(dir / kAdapterWeightsName, {.access = options.access});
-  if (options.verify_config_hash) {
-    const auto it = reader.metadata().find(kAdapterConfigHashKey);
-    if (it != reader.metadata().end()) {
-      const std::string actual = sha256_hex(file.text);
-      PEFT_CHECK(it->second == actual, ErrorKind::io, where, ": ", kAdapterConfigName, " (SHA-256 ",
-                 actual, ") is not the config ", kAdapterWeightsName, " was saved with (",
-                 it->second, "): the two files come from different saves (an interrupted save?)");
-    }
-  }
+  const SafetensorsReader reader = open_adapter_weights(dir, file, options);
 
   // Group the tensors by module, in the file's order.
   struct Factors {
@@ -606,16 +662,24 @@ AdapterSet<T, B> load_lora(const std::filesystem::path& dir, const AdapterConfig
 /// Builds the adapters saved in `dir` over the frozen layers `base` (by module name, as in
 /// the base model; it may hold more modules than the adapter). Everything is read and checked
 /// before the set is built: on any error nothing is returned. Supports peft_type LORA,
-/// including PEFT's rank_pattern / alpha_pattern, rsLoRA and fan_in_fan_out; the factors may
-/// be stored as F32, F16 or BF16 (F64 too for a double model).
+/// including PEFT's rank_pattern / alpha_pattern, rsLoRA and fan_in_fan_out, and peft_type
+/// ROSA (peft-rosa's checkpoints, see peft_rosa_format.hpp); the factors may be stored as F32,
+/// F16 or BF16 (F64 too for a double model).
 template <class T, class B>
 AdapterSet<T, B> load_adapter(const std::filesystem::path& dir, const BaseModel<T, B>& base,
                               Context<B>& ctx, const LoadOptions& options = {}) {
   const AdapterConfigFile file = read_adapter_config(dir, options.max_config_bytes);
   if (file.peft_type == "LORA") return detail::load_lora(dir, file, base, ctx, options);
+  if (file.peft_type == "ROSA") return detail::load_rosa(dir, file, base, ctx, options);
   throw Error(ErrorKind::io,
               detail::concat("load_adapter: ", detail::quoted(dir), ": peft_type \"",
-                             file.peft_type, "\" is not supported (supported: LORA)"));
+                             file.peft_type, "\" is not supported (supported: LORA, ROSA)"));
 }
 
 }  // namespace peft
+
+#include "peft_rosa_format.hpp"  // IWYU pragma: export
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
