@@ -12,6 +12,7 @@
 
 #include "../core/random.hpp"
 #include "adapter.hpp"
+#include "merging.hpp"
 
 namespace peft {
 
@@ -36,8 +37,9 @@ struct LoraConfig {
 };
 
 template <class T, class B>
-class Lora {
+class Lora : public detail::MergeOps<Lora<T, B>, T, B> {
  public:
+  static constexpr const char* name = "Lora";
   using value_type = T;
   using param_type = param_t<T>;
   using backend_type = B;
@@ -83,7 +85,6 @@ class Lora {
   double scaling() const noexcept { return scaling_; }
   const LoraConfig& config() const noexcept { return config_; }
   const LayerOptions& options() const noexcept { return options_; }
-  bool merged() const noexcept { return merged_; }
   bool training() const noexcept { return training_; }
   index_t num_trainable() const noexcept { return config_.r * (in_ + out_); }
 
@@ -123,7 +124,7 @@ class Lora {
   /// The same with a caller-owned reserve of at least reserve_bytes(x.rows()) bytes.
   void forward(Ctx& ctx, ConstView x, View y, Reserve reserve) {
     detail::check_activations("Lora::forward", "x", x, "y", y, in_, out_);
-    if (merged_) {  // W0 already holds ΔW: the base alone is the layer
+    if (this->merged()) {  // W0 already holds ΔW: the base alone is the layer
       base_forward(ctx, x, y);
       return;
     }
@@ -146,7 +147,7 @@ class Lora {
   }
   void forward_delta(Ctx& ctx, ConstView x, View y, Reserve reserve) {
     detail::check_activations("Lora::forward_delta", "x", x, "y", y, in_, out_);
-    check_unmerged("Lora::forward_delta");
+    this->check_unmerged("Lora::forward_delta");
     check_reserve("Lora::forward_delta", reserve, x.rows());
     compute_xa(ctx, x, reserve);
     gemm(ctx, Op::N, Op::T, scaling_, as_const(xa_view(reserve, x.rows())), b_for_gemm(), 1.0, y);
@@ -193,53 +194,7 @@ class Lora {
   /// its backward.
   void set_training(bool training) noexcept { training_ = training; }
 
-  // ---- merging ---------------------------------------------------------------------------
-
-  /// W0 += ΔW. `w0` must be the layer's frozen weight (same memory): after merging, forward
-  /// runs the base alone. Returns false and does nothing when already merged (PEFT warns).
-  bool merge(Ctx& ctx, View w0) {
-    check_is_base("Lora::merge", w0);
-    if (merged_) return false;
-    add_delta(ctx, w0, 1.0);
-    merged_ = true;
-    return true;
-  }
-
-  /// Like merge, but computes W0 + ΔW in scratch first and throws (leaving W0 untouched) when
-  /// the result has a NaN or infinity.
-  bool safe_merge(Ctx& ctx, View w0) {
-    check_is_base("Lora::safe_merge", w0);
-    if (merged_) return false;
-    typename detail::Workspace<B>::Frame frame(ctx.workspace());
-    View merged = frame.template matrix<T>(w0.rows(), w0.cols());
-    copy(ctx, as_const(w0), merged);
-    add_delta(ctx, merged, 1.0);
-    PEFT_CHECK(all_finite(ctx, as_const(merged)), ErrorKind::numeric,
-               "Lora::safe_merge: W0 + ΔW has non-finite values; the adapter seems broken, "
-               "W0 is left unchanged");
-    copy(ctx, as_const(merged), w0);
-    merged_ = true;
-    return true;
-  }
-
-  /// W0 -= ΔW. Returns false and does nothing when not merged.
-  bool unmerge(Ctx& ctx, View w0) {
-    check_is_base("Lora::unmerge", w0);
-    if (!merged_) return false;
-    add_delta(ctx, w0, -1.0);
-    merged_ = false;
-    return true;
-  }
-
-  /// out = ΔW = s B A in the frozen weight's orientation ([out, in], or [in, out] with
-  /// fan_in_fan_out), as PEFT's get_delta_weight.
-  void delta_weight(Ctx& ctx, View out) {
-    PEFT_CHECK_SHAPE(out.rows() == w0_.rows() && out.cols() == w0_.cols(),
-                     "Lora::delta_weight: out is ", shape_string(out), ", the frozen weight is ",
-                     shape_string(w0_));
-    fill(ctx, out, 0.0);
-    add_delta(ctx, out, 1.0);
-  }
+  // ---- merging (merge, safe_merge, unmerge, delta_weight, merged: detail::MergeOps) -----
 
   /// target += sign · ΔW in the frozen weight's orientation (for composite adapters such as RoSA
   /// and for exporting merged weights; does not change the merged state). 16-bit weights get ΔW
@@ -348,15 +303,6 @@ class Lora {
                      ": reserve has ", reserve.size(), " bytes, ", reserve_bytes(rows),
                      " needed for ", rows, " rows (reserve_bytes)");
   }
-  void check_unmerged(const char* where) const {
-    PEFT_CHECK(!merged_, ErrorKind::state, where, ": the layer is merged; unmerge it first");
-  }
-  void check_is_base(const char* where, const View& w0) const {
-    PEFT_CHECK_ARG(w0.data() == w0_.data() && w0.rows() == w0_.rows() && w0.cols() == w0_.cols() &&
-                       w0.stride() == w0_.stride(),
-                   where, ": w0 (", shape_string(w0),
-                   ") must be the layer's frozen weight (same memory, ", shape_string(w0_), ")");
-  }
 
   /// x Aᵀ (through dropout when training) into the reserve, with the dropout stream.
   void compute_xa(Ctx& ctx, ConstView x, Reserve reserve) {
@@ -389,7 +335,7 @@ class Lora {
     PEFT_CHECK_SHAPE(dx.empty() || (dx.rows() == x.rows() && dx.cols() == in_), where, ": dx is ",
                      shape_string(dx), ", expected ", x.rows(), " x ", in_,
                      " (the shape of x) or an empty view");
-    check_unmerged(where);
+    this->check_unmerged(where);
     check_reserve(where, reserve, x.rows());
     const index_t n = x.rows();
     const auto xa = as_const(xa_view(reserve, n));
@@ -435,7 +381,6 @@ class Lora {
   Vector<std::byte, B> own_reserve_;
   std::uint32_t dropout_calls_ = 0;
   bool training_ = true;
-  bool merged_ = false;
 };
 
 }  // namespace peft

@@ -39,8 +39,9 @@ struct RosaConfig {
 };
 
 template <class T, class B>
-class Rosa {
+class Rosa : public detail::MergeOps<Rosa<T, B>, T, B> {
  public:
+  static constexpr const char* name = "Rosa";
   using value_type = T;
   using param_type = param_t<T>;
   using backend_type = B;
@@ -82,7 +83,6 @@ class Rosa {
   index_t rank() const noexcept { return lora_.rank(); }
   bool training() const noexcept { return lora_.training(); }
   bool has_mask() const noexcept { return s_.has_pattern(); }
-  bool merged() const noexcept { return merged_; }
   RosaForward forward_mode() const noexcept { return mode_; }
   const RosaConfig& config() const noexcept { return config_; }
   Lora<T, B>& lora() noexcept { return lora_; }
@@ -109,7 +109,7 @@ class Rosa {
   /// Installs the mask (a validated host pattern with at most sparse_capacity() entries); S's
   /// values restart at zero and the layer trains A, B and S together from now on.
   void set_mask(Ctx& ctx, const CsrPattern& pattern) {
-    check_unmerged("Rosa::set_mask");
+    this->check_unmerged("Rosa::set_mask");
     s_.set_pattern(ctx, pattern);
     fill(ctx, grad_s_.view(), 0.0);
     parameters_updated(ctx);
@@ -118,7 +118,7 @@ class Rosa {
   /// For mask builders that wrote the pattern into sparse().row_offsets_storage() and
   /// col_indices_storage() themselves.
   void set_mask_trusted(Ctx& ctx, index_t nnz) {
-    check_unmerged("Rosa::set_mask");
+    this->check_unmerged("Rosa::set_mask");
     s_.set_pattern_trusted(ctx, nnz);
     fill(ctx, grad_s_.view(), 0.0);
     parameters_updated(ctx);
@@ -131,7 +131,7 @@ class Rosa {
   void forward(Ctx& ctx, ConstView x, View y) { forward(ctx, x, y, lora_own_reserve(x.rows())); }
   void forward(Ctx& ctx, ConstView x, View y, Reserve reserve) {
     detail::check_activations("Rosa::forward", "x", x, "y", y, in_features(), out_features());
-    if (merged_) {
+    if (this->merged()) {
       base_product(ctx, x, y, lora_.base_weight(), /*with_bias=*/true);
       return;
     }
@@ -154,7 +154,7 @@ class Rosa {
   }
   void forward_delta(Ctx& ctx, ConstView x, View y, Reserve reserve) {
     detail::check_activations("Rosa::forward_delta", "x", x, "y", y, in_features(), out_features());
-    check_unmerged("Rosa::forward_delta");
+    this->check_unmerged("Rosa::forward_delta");
     if (has_mask()) spmm(ctx, 1.0, x, operand(), Op::T, 1.0, y);
     lora_.forward_delta(ctx, x, y, reserve);
   }
@@ -203,48 +203,7 @@ class Rosa {
 
   void set_training(bool training) noexcept { lora_.set_training(training); }
 
-  // ---- merging -------------------------------------------------------------------------------
-
-  bool merge(Ctx& ctx, View w0) {
-    check_is_base("Rosa::merge", w0);
-    if (merged_) return false;
-    add_delta(ctx, w0, 1.0);
-    merged_ = true;
-    return true;
-  }
-
-  bool safe_merge(Ctx& ctx, View w0) {
-    check_is_base("Rosa::safe_merge", w0);
-    if (merged_) return false;
-    typename detail::Workspace<B>::Frame frame(ctx.workspace());
-    View merged = frame.template matrix<T>(w0.rows(), w0.cols());
-    copy(ctx, as_const(w0), merged);
-    add_delta(ctx, merged, 1.0);
-    PEFT_CHECK(all_finite(ctx, as_const(merged)), ErrorKind::numeric,
-               "Rosa::safe_merge: W0 + ΔW has non-finite values; the adapter seems broken, "
-               "W0 is left unchanged");
-    copy(ctx, as_const(merged), w0);
-    merged_ = true;
-    return true;
-  }
-
-  bool unmerge(Ctx& ctx, View w0) {
-    check_is_base("Rosa::unmerge", w0);
-    if (!merged_) return false;
-    add_delta(ctx, w0, -1.0);
-    merged_ = false;
-    return true;
-  }
-
-  /// out = s B A + S in the frozen weight's orientation.
-  void delta_weight(Ctx& ctx, View out) {
-    PEFT_CHECK_SHAPE(
-        out.rows() == lora_.base_weight().rows() && out.cols() == lora_.base_weight().cols(),
-        "Rosa::delta_weight: out is ", shape_string(out), ", the frozen weight is ",
-        shape_string(lora_.base_weight()));
-    fill(ctx, out, 0.0);
-    add_delta(ctx, out, 1.0);
-  }
+  // ---- merging (merge, safe_merge, unmerge, delta_weight, merged: detail::MergeOps) -----
 
   /// target += sign (s B A + S) in the frozen weight's orientation.
   void add_delta(Ctx& ctx, View target, double sign) {
@@ -304,7 +263,7 @@ class Rosa {
     PEFT_CHECK_SHAPE(dx.empty() || (dx.rows() == x.rows() && dx.cols() == in_features()), where,
                      ": dx is ", shape_string(dx), ", expected ", x.rows(), " x ", in_features(),
                      " (the shape of x) or an empty view");
-    check_unmerged(where);
+    this->check_unmerged(where);
     if (observer_) observer_(ctx, x, dy);
     if (has_mask())  // dS += (dyᵀ x) ⊙ mask
       sddmm(ctx, 1.0, Op::T, dy, Op::N, x, 1.0, s_.view_with(grad_s_.data()));
@@ -323,17 +282,6 @@ class Rosa {
     lora_.backward_delta(ctx, x, dy, dx, reserve);
   }
 
-  void check_unmerged(const char* where) const {
-    PEFT_CHECK(!merged_, ErrorKind::state, where, ": the layer is merged; unmerge it first");
-  }
-  void check_is_base(const char* where, const View& w0) const {
-    const ConstView base = lora_.base_weight();
-    PEFT_CHECK_ARG(w0.data() == base.data() && w0.rows() == base.rows() &&
-                       w0.cols() == base.cols() && w0.stride() == base.stride(),
-                   where, ": w0 (", shape_string(w0),
-                   ") must be the layer's frozen weight (same memory, ", shape_string(base), ")");
-  }
-
   Lora<T, B> lora_;
   RosaConfig config_;
   RosaForward mode_ = RosaForward::dense_add;
@@ -342,7 +290,6 @@ class Rosa {
   Matrix<T, B> s_copy_, st_copy_;  // 16-bit copies of S's and Sᵀ's values for the products
   Vector<std::byte, B> own_reserve_;
   GradientObserver observer_;
-  bool merged_ = false;
 };
 
 }  // namespace peft
