@@ -1,8 +1,8 @@
 // LoRA on the CPU against its own frozen base.
 //
 //   BM_LoraForward/n/in/out/r          layer.forward(x, y)                  vs  y = x W0ᵀ
-//   BM_LoraForwardBackward/n/in/out/r  layer.forward + layer.backward(→dx)  vs  y = x W0ᵀ, dx = dy W0
-//   BM_Gemm/n/in/out                   the base forward GEMM through peft::cpu::gemm   (GF/s)
+//   BM_LoraForwardBackward/n/in/out/r  layer.forward + layer.backward(→dx)  vs  y = x W0ᵀ, dx = dy
+//   W0 BM_Gemm/n/in/out                   the base forward GEMM through peft::cpu::gemm   (GF/s)
 //   BM_CblasGemm/n/in/out              the same shape through cblas_sgemm directly     (GF/s)
 //
 // float, dropout 0, PEFT's default initialisation (B = 0 costs the GEMMs the same), the layer
@@ -66,8 +66,8 @@ struct Shape {
 
 // (n, in, out, r)
 constexpr Shape kShapes[] = {
-    {16, 4096, 4096, 16},   {512, 1024, 1024, 16}, {512, 2048, 2048, 16},
-    {512, 2048, 2048, 64},  {2048, 4096, 4096, 16},
+    {16, 4096, 4096, 16},  {512, 1024, 1024, 16},  {512, 2048, 2048, 16},
+    {512, 2048, 2048, 64}, {2048, 4096, 4096, 16},
 };
 
 Ctx& context() {
@@ -344,7 +344,8 @@ int main(int argc, char** argv) {
   );
   benchmark::AddCustomContext("peft_threads", std::to_string(context().threads()));
 #if defined(PEFT_USE_BLAS)
-  if (openblas_get_config != nullptr) benchmark::AddCustomContext("openblas_config", openblas_get_config());
+  if (openblas_get_config != nullptr)
+    benchmark::AddCustomContext("openblas_config", openblas_get_config());
   if (openblas_get_corename != nullptr)
     benchmark::AddCustomContext("openblas_core", openblas_get_corename());
 #endif
