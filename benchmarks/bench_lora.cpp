@@ -42,7 +42,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include <peft/peft.hpp>
+#include "bench_util.hpp"
 
 #if defined(PEFT_USE_BLAS)
 #include <cblas.h>
@@ -58,7 +58,7 @@ namespace {
 using peft::index_t;
 using Ctx = peft::Context<peft::Cpu>;
 using Mat = peft::Matrix<float, peft::Cpu>;
-using Clock = std::chrono::steady_clock;
+using namespace peft::bench;
 
 struct Shape {
   index_t n, in, out, r;
@@ -73,17 +73,6 @@ constexpr Shape kShapes[] = {
 Ctx& context() {
   static Ctx ctx;
   return ctx;
-}
-
-void fill_uniform(Mat& m, std::uint64_t seed) {
-  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  float* p = m.data();
-  for (index_t i = 0; i < m.rows() * m.cols(); ++i) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    p[i] = static_cast<float>(static_cast<double>(s >> 40) / double(1 << 24) * 2.0 - 1.0);
-  }
 }
 
 /// Activations, gradients and the frozen weight of one (n, in, out): allocated, filled and
@@ -127,26 +116,6 @@ peft::Lora<float, peft::Cpu>& layer(const Shape& s) {
   return *slot;
 }
 
-double seconds_of(auto&& f) {
-  const auto t0 = Clock::now();
-  f();
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  if (v.size() % 2 == 1) return *mid;
-  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
-}
-
-/// Runs `subject` (timed by the benchmark) and `reference` (benchmark clock paused) once each
-/// per iteration, in alternating order. Returns the per-iteration times of both.
-struct Paired {
-  std::vector<double> subject, reference;
-};
-
 /// True the first time `key` is seen: the first run of a case warms up (page faults of fresh
 /// buffers, OpenBLAS's buffers); the library calls each case several times and the later runs
 /// find everything in place, which matters for the big shape (~0.3 s per GEMM).
@@ -164,49 +133,6 @@ std::string key_of(const char* what, const benchmark::State& state, int ranges) 
   return key;
 }
 
-template <class Subject, class Reference>
-Paired run_paired(benchmark::State& state, const std::string& key, Subject&& subject,
-                  Reference&& reference) {
-  if (first_time(key)) {  // one untimed round
-    subject();
-    reference();
-  }
-  Paired t;
-  t.subject.reserve(static_cast<std::size_t>(state.max_iterations));
-  t.reference.reserve(static_cast<std::size_t>(state.max_iterations));
-  bool reference_first = true;
-  for (auto _ : state) {
-    double ts = 0, tr = 0;
-    if (reference_first) {
-      state.PauseTiming();
-      tr = seconds_of(reference);
-      state.ResumeTiming();
-      ts = seconds_of(subject);
-    } else {
-      ts = seconds_of(subject);
-      state.PauseTiming();
-      tr = seconds_of(reference);
-      state.ResumeTiming();
-    }
-    reference_first = !reference_first;
-    t.subject.push_back(ts);
-    t.reference.push_back(tr);
-  }
-  return t;
-}
-
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
-
-double median_ratio(const Paired& t) {
-  std::vector<double> ratios(t.subject.size());
-  for (std::size_t i = 0; i < ratios.size(); ++i) ratios[i] = t.subject[i] / t.reference[i];
-  return median(std::move(ratios));
-}
-
 Shape shape_of(const benchmark::State& state) {
   return {state.range(0), state.range(1), state.range(2), state.range(3)};
 }
@@ -221,8 +147,9 @@ void BM_LoraForward(benchmark::State& state) {
   const auto y = p.y.view();
 
   const Paired t = run_paired(
-      state, key_of("fwd", state, 4), [&] { lora.forward(ctx, x, y); },
-      [&] { peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); });
+      state, [&] { lora.forward(ctx, x, y); },
+      [&] { peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); },
+      first_time(key_of("fwd", state, 4)));
 
   const double base_flops = 2.0 * double(s.n) * double(s.in) * double(s.out);
   const double adapter_flops = 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
@@ -243,7 +170,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   const auto dx = p.dx.view();
 
   const Paired t = run_paired(
-      state, key_of("fwdbwd", state, 4),
+      state,
       [&] {
         lora.forward(ctx, x, y);
         lora.backward(ctx, x, dy, dx);
@@ -251,7 +178,8 @@ void BM_LoraForwardBackward(benchmark::State& state) {
       [&] {
         peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y);
         peft::cpu::gemm(ctx, peft::Op::N, peft::Op::N, 1.0, dy, w0, 0.0, dx);
-      });
+      },
+      first_time(key_of("fwdbwd", state, 4)));
   lora.zero_grad(ctx);  // backward accumulates; keep the gradients bounded across runs
 
   const double base_flops = 2 * 2.0 * double(s.n) * double(s.in) * double(s.out);
@@ -276,7 +204,7 @@ void BM_Gemm(benchmark::State& state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(out), int(in), 1.0f,
                 p.x.data(), int(in), p.w0.data(), int(in), 0.0f, p.y.data(), int(out));
   };
-  const Paired t = run_paired(state, key_of("gemm", state, 3), library, direct);
+  const Paired t = run_paired(state, library, direct, first_time(key_of("gemm", state, 3)));
   state.counters["vs_cblas"] = median_ratio(t);
   state.counters["GFLOPS"] = flops / mean(t.subject) * 1e-9;
 #else

@@ -53,12 +53,17 @@ struct Paired {
 };
 
 /// Runs `subject` (timed by the benchmark) and `reference` (benchmark clock paused) once each per
-/// iteration, alternating which goes first, after one untimed warm-up round.
+/// iteration, alternating which goes first, after one untimed warm-up round (when warm_up).
 template <class Subject, class Reference>
-Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& reference) {
-  subject();
-  reference();
+Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& reference,
+                  bool warm_up = true) {
+  if (warm_up) {
+    subject();
+    reference();
+  }
   Paired t;
+  t.subject.reserve(static_cast<std::size_t>(state.max_iterations));
+  t.reference.reserve(static_cast<std::size_t>(state.max_iterations));
   bool reference_first = true;
   for (auto _ : state) {
     double ts = 0, tr = 0;
