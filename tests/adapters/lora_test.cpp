@@ -187,6 +187,23 @@ TEST(Lora, InterleavedMicroBatchesWithReservesMatchSimpleOrder) {
         1e-14);
 }
 
+TEST(Lora, MisalignedReserveThrows) {
+  HostCtx ctx;
+  auto w0 = random_matrix<double>(kOut, kIn, 1);
+  auto x = random_matrix<double>(kN, kIn, 2), dy = random_matrix<double>(kN, kOut, 3);
+  Lora<double, Cpu> layer(ctx, w0.view(), random_config(0.25f));
+  Vector<std::byte, Cpu> storage(layer.reserve_bytes(kN) + 64);
+  VectorView<std::byte, Cpu> shifted(storage.data() + 8, layer.reserve_bytes(kN));
+  Matrix<double, Cpu> y(kN, kOut), dx(kN, kIn);
+  expect_error([&] { layer.forward(ctx, x.view(), y.view(), shifted); },
+               ErrorKind::invalid_argument, {"Lora::forward", "reserve", "64-byte aligned"});
+  expect_error([&] { layer.backward(ctx, x.view(), dy.view(), dx.view(), shifted); },
+               ErrorKind::invalid_argument, {"Lora::backward", "64-byte aligned"});
+  VectorView<std::byte, Cpu> aligned(storage.data() + 64, layer.reserve_bytes(kN));
+  layer.forward(ctx, x.view(), y.view(), aligned);
+  layer.backward(ctx, x.view(), dy.view(), dx.view(), aligned);
+}
+
 TEST(Lora, DropoutOnlyInTraining) {
   HostCtx ctx;
   auto w0 = random_matrix<float>(kOut, kIn, 1);

@@ -302,6 +302,29 @@ TEST(RosaMaskBuilder, PicksTheTopKOfTheAccumulatedGradient) {
     }
 }
 
+TEST(RosaMaskBuilder, FinishOnAMergedLayerThrowsAndChangesNothing) {
+  HostCtx ctx;
+  auto w0 = random_matrix<double>(kOut, kIn, 1);
+  auto original = random_matrix<double>(kOut, kIn, 1);
+  Rosa<double, Cpu> layer = make_rosa<double>(ctx, as_const(w0.view()), RosaForward::dense_add);
+  RosaMaskBuilder<double, Cpu> builder;
+  builder.add(layer);
+  builder.start(ctx);
+  auto x = random_matrix<double>(kN, kIn, 4), dy = random_matrix<double>(kN, kOut, 5);
+  Matrix<double, Cpu> y(kN, kOut), dx(kN, kIn);
+  layer.forward(ctx, x.view(), y.view());
+  layer.backward(ctx, x.view(), dy.view(), dx.view());
+  const auto s = std::as_const(layer.sparse()).view();
+  const std::vector<std::int32_t> cols_before(s.col_indices, s.col_indices + s.nnz);
+  ASSERT_TRUE(layer.merge(ctx, w0.view()));
+  expect_error([&] { builder.finish(ctx); }, ErrorKind::state, {"merged", "unmerge"});
+  const auto after = std::as_const(layer.sparse()).view();
+  EXPECT_EQ(std::vector<std::int32_t>(after.col_indices, after.col_indices + after.nnz),
+            cols_before);
+  ASSERT_TRUE(layer.unmerge(ctx, w0.view()));
+  EXPECT_LT(relative_error(as_const(w0.view()), as_const(original.view())), 1e-12);
+}
+
 TEST(Rosa, BadInputThrows) {
   HostCtx ctx;
   Matrix<float, Cpu> w0(kOut, kIn);

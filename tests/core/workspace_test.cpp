@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include <peft/core/workspace.hpp>
 
@@ -174,6 +175,62 @@ TEST(Workspace, NoRegrowWhileAnOuterFrameIsOpen) {
   EXPECT_EQ(ws.capacity(), 0u);
   a[255] = 2.0f;
   EXPECT_EQ(a[255], 2.0f);
+}
+
+// A host backend whose allocations can be made to fail, to test out-of-memory paths.
+struct FlakyHost {};
+
+}  // namespace
+
+template <>
+struct peft::detail::Allocator<FlakyHost> {
+  static inline bool fail = false;
+  static void* allocate(std::size_t bytes) {
+    if (fail) throw peft::Error(peft::ErrorKind::cuda, "FlakyHost: out of memory (injected)");
+    return peft::detail::Allocator<Cpu>::allocate(bytes);
+  }
+  static void deallocate(void* p) noexcept { peft::detail::Allocator<Cpu>::deallocate(p); }
+};
+
+namespace {
+
+TEST(Workspace, ClosingAFrameNeverThrowsAndAFailedRegrowIsRetriedByTheNextFrame) {
+  using Flaky = peft::detail::Workspace<FlakyHost>;
+  using Alloc = peft::detail::Allocator<FlakyHost>;
+  Flaky ws;
+  {
+    Flaky::Frame frame(ws);
+    (void)frame.take<float>(1000);  // empty arena: an overflow block
+    Alloc::fail = true;             // the regrow when the frame closes runs out of memory
+  }                                 // before the fix: the destructor threw, std::terminate
+  EXPECT_EQ(ws.capacity(), 0u);
+  // The next frame retries the regrow and reports the failure as a peft::Error.
+  EXPECT_THROW({ Flaky::Frame again(ws); }, peft::Error);
+  Alloc::fail = false;
+  {
+    Flaky::Frame again(ws);
+    EXPECT_GE(ws.capacity(), 4000u);  // regrown before the frame's first take
+    const std::size_t allocations = ws.allocations();
+    (void)again.take<float>(1000);
+    EXPECT_EQ(ws.allocations(), allocations);
+  }
+}
+
+TEST(Workspace, ClosingAFrameDuringUnwindingWithAFailingRegrowKeepsTheFirstError) {
+  using Flaky = peft::detail::Workspace<FlakyHost>;
+  using Alloc = peft::detail::Allocator<FlakyHost>;
+  Flaky ws;
+  try {
+    Flaky::Frame frame(ws);
+    (void)frame.take<double>(500);
+    Alloc::fail = true;
+    throw peft::Error(ErrorKind::shape, "the call's own error");
+  } catch (const peft::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the call's own error"), std::string::npos);
+  }
+  Alloc::fail = false;
+  ws.reserve(16);  // the pending regrow happens here
+  EXPECT_GE(ws.capacity(), 4000u);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "../core/dtype.hpp"
 #include "../core/view.hpp"
 #include "../core/workspace.hpp"
+#include "layer_handle.hpp"
 
 namespace peft {
 

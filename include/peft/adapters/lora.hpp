@@ -37,7 +37,7 @@ struct LoraConfig {
 };
 
 template <class T, class B>
-class Lora : public detail::MergeOps<Lora<T, B>, T, B> {
+class Lora : public detail::MergeOps<Lora<T, B>, T, B>, public detail::HandleAnchor<Lora<T, B>> {
  public:
   static constexpr const char* name = "Lora";
   using value_type = T;
@@ -226,6 +226,7 @@ class Lora : public detail::MergeOps<Lora<T, B>, T, B> {
  private:
   static constexpr bool has_gemm_copies = !std::is_same_v<T, param_type>;
   static constexpr index_t kHeaderBytes = 256;  // the dropout stream, padded for alignment
+  static constexpr std::uintptr_t kReserveAlignment = 64;
 
   static void validate_config(const LoraConfig& c) {
     PEFT_CHECK_ARG(c.r >= 1, "Lora: r is ", c.r, ", expected >= 1");
@@ -302,6 +303,12 @@ class Lora : public detail::MergeOps<Lora<T, B>, T, B> {
     PEFT_CHECK_SHAPE(reserve.size() >= reserve_bytes(rows) && reserve.inc() == 1, where,
                      ": reserve has ", reserve.size(), " bytes, ", reserve_bytes(rows),
                      " needed for ", rows, " rows (reserve_bytes)");
+    // The dropout stream needs 8-byte alignment on the GPU, the x Aᵀ GEMM's vector loads 16;
+    // 64 is what peft::Vector gives on the CPU (cudaMalloc gives 256).
+    PEFT_CHECK_ARG(reinterpret_cast<std::uintptr_t>(reserve.data()) % kReserveAlignment == 0, where,
+                   ": reserve starts at ", static_cast<const void*>(reserve.data()),
+                   ", which is not ", kReserveAlignment,
+                   "-byte aligned (peft::Vector and cudaMalloc memory is)");
   }
 
   /// x Aᵀ (through dropout when training) into the reserve, with the dropout stream.

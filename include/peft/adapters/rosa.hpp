@@ -39,7 +39,7 @@ struct RosaConfig {
 };
 
 template <class T, class B>
-class Rosa : public detail::MergeOps<Rosa<T, B>, T, B> {
+class Rosa : public detail::MergeOps<Rosa<T, B>, T, B>, public detail::HandleAnchor<Rosa<T, B>> {
  public:
   static constexpr const char* name = "Rosa";
   using value_type = T;

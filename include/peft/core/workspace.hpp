@@ -3,6 +3,9 @@
 // Frame, takes what it needs, and the Frame gives it back. When a request does not fit, an
 // overflow block is allocated for that call only; once the outermost frame closes, the arena
 // regrows to the peak it saw, so a steady workload allocates nothing after its first call.
+// Closing a frame never throws (frames close in destructors, also during unwinding): when that
+// regrow fails for lack of memory, it is left pending and the next frame or reserve retries it
+// and reports the failure as a peft::Error.
 
 #include <algorithm>
 #include <cstddef>
@@ -24,7 +27,9 @@ class Workspace {
   /// Grows the arena to at least `bytes` (no frame may be open).
   void reserve(std::size_t bytes) {
     PEFT_CHECK(depth_ == 0, ErrorKind::state, "Workspace::reserve: called while a frame is open");
+    regrow();
     if (bytes > main_.bytes()) {
+      main_ = Allocation<B>();  // give the old arena back first: both may not fit at once
       main_ = Allocation<B>(bytes);
       ++allocations_;
     }
@@ -36,7 +41,10 @@ class Workspace {
 
   class Frame {
    public:
-    explicit Frame(Workspace& ws) : ws_(ws), saved_used_(ws.used_) { ++ws_.depth_; }
+    explicit Frame(Workspace& ws) : ws_(ws), saved_used_(ws.used_) {
+      if (ws_.depth_ == 0) ws_.regrow();  // a regrow that failed when the last frame closed
+      ++ws_.depth_;
+    }
     Frame(const Frame&) = delete;
     Frame& operator=(const Frame&) = delete;
     ~Frame() { ws_.close(saved_used_); }
@@ -72,13 +80,25 @@ class Workspace {
     return overflow_.back().data();
   }
 
-  void close(std::size_t saved_used) {
+  void close(std::size_t saved_used) noexcept {
     used_ = saved_used;
     if (--depth_ == 0 && !overflow_.empty()) {
       overflow_.clear();
-      main_ = Allocation<B>(peak_);
-      ++allocations_;
+      regrow_pending_ = true;
+      try {
+        regrow();
+      } catch (...) {  // out of memory: the next frame or reserve retries and reports it
+      }
     }
+  }
+
+  /// Grows the arena to the peak seen, when an overflow asked for it (no frame may be open).
+  void regrow() {
+    if (!regrow_pending_) return;
+    main_ = Allocation<B>();  // give the old arena back first: both may not fit at once
+    main_ = Allocation<B>(peak_);
+    ++allocations_;
+    regrow_pending_ = false;
   }
 
   Allocation<B> main_;
@@ -87,6 +107,7 @@ class Workspace {
   std::size_t peak_ = 0;
   int depth_ = 0;
   std::size_t allocations_ = 0;
+  bool regrow_pending_ = false;
 };
 
 }  // namespace peft::detail

@@ -100,9 +100,15 @@ class RosaMaskBuilder {
   /// Builds every layer's mask from what was accumulated, installs it, frees the accumulators.
   void finish(Ctx& ctx) {
     PEFT_CHECK(collecting_, ErrorKind::state, "RosaMaskBuilder::finish: start() was not called");
-    for (auto& e : entries_)
+    // Every check before the first write: the device path builds the pattern in S's own
+    // storage, so a merged layer found halfway would keep a pattern its merged W0 does not have.
+    for (auto& e : entries_) {
       PEFT_CHECK(e.micro_batches > 0, ErrorKind::state,
                  "RosaMaskBuilder::finish: a layer saw no backward since start()");
+      PEFT_CHECK(!e.layer->merged(), ErrorKind::state,
+                 "RosaMaskBuilder::finish: a registered layer is merged; unmerge it before its "
+                 "mask is built (no layer was changed)");
+    }
     detach();
     for (auto& e : entries_) {
       const double mean = 1.0 / double(e.micro_batches);
