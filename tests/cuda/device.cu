@@ -2,6 +2,7 @@
 // matrices (through the library's upload and download) and the Lora factory.
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -39,8 +40,57 @@ void make_context(int device) {
 }
 
 Context<Cuda>& context() {
-  static Context<Cuda> ctx;
-  return ctx;
+  // Leaked on purpose: a static Context would be destroyed at exit, after the CUDA runtime may
+  // have been torn down (its teardown is registered when it initialises, before the first test
+  // creates the context), and ~Context synchronises the stream and calls cublasDestroy, which
+  // synchronises the device. The process exit returns the memory and the handles.
+  static Context<Cuda>* const ctx = new Context<Cuda>();
+  return *ctx;
+}
+
+bool context_alive() {
+  const Context<Cuda>& ctx = context();
+  return ctx.cublas() != nullptr && ctx.cusparse() != nullptr && ctx.stream() != nullptr;
+}
+
+namespace {
+
+// Runs after the destructors of the statics whose construction completed after it was
+// registered (exit runs both in reverse order of registration).
+void exit_with_context_state() {
+  std::_Exit(context_alive() ? 0 : 3);
+}
+
+}  // namespace
+
+void exit_checking_context_outlives_statics() {
+  std::atexit(exit_with_context_state);
+  (void)context();  // created after the handler was registered
+  std::exit(0);
+}
+
+namespace {
+
+CublasMathMode math_mode_of(cublasHandle_t handle) {
+  cublasMath_t mode{};
+  PEFT_CUDA_CHECK(cublasGetMathMode(handle, &mode));
+  const unsigned bits = static_cast<unsigned>(mode);
+  CublasMathMode m;
+  m.tf32 = (bits & 0xFu) == static_cast<unsigned>(CUBLAS_TF32_TENSOR_OP_MATH);
+  m.disallow_reduced_precision_reduction =
+      (bits & static_cast<unsigned>(CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)) != 0;
+  return m;
+}
+
+}  // namespace
+
+CublasMathMode cublas_math_mode() {
+  return math_mode_of(context().cublas());
+}
+
+CublasMathMode cublas_math_mode(bool allow_tf32) {
+  Context<Cuda> ctx(CudaContextOptions{.allow_tf32 = allow_tf32});
+  return math_mode_of(ctx.cublas());
 }
 
 void synchronize() {

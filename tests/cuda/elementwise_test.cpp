@@ -85,8 +85,8 @@ TEST_F(CudaElementwise, AxpyEveryPairOfTypesMatchesCpu) {
               cpu::axpy(ctx, alpha, as_const(x_typed.view()), v);
             });
           });
-          // The CPU computes in double, the device in float (double for a double y), perhaps
-          // with a fused multiply-add: allow the rounding of both.
+          // Both compute in double and round once (ScaleAndAxpyComputeInDoubleAsOnTheCpu
+          // checks the bits); this bound would also allow float arithmetic.
           const double u_math = ty == DType::f64 ? 0x1.0p-53 : 0x1.0p-24;
           const double u_out = unit_roundoff(ty);
           int bad = 0;
@@ -102,6 +102,65 @@ TEST_F(CudaElementwise, AxpyEveryPairOfTypesMatchesCpu) {
           EXPECT_TRUE(x.gaps_untouched());
           EXPECT_TRUE(y.gaps_untouched());
         }
+}
+
+/// How many elements of y = alpha x + y (y = alpha x without y) computed in float, with alpha
+/// rounded to float, differ from the same computed in double and rounded once to float.
+int float_arithmetic_misses(double alpha, HostView x, const HostMatrix* y) {
+  int misses = 0;
+  for (index_t i = 0; i < x.rows(); ++i)
+    for (index_t j = 0; j < x.cols(); ++j) {
+      const float xf = float(x(i, j)), yf = y != nullptr ? float(y->view()(i, j)) : 0.0f;
+      const volatile float product = float(alpha) * xf;  // no fused multiply-add
+      const float in_float = y != nullptr ? product + yf : product;
+      const float in_double =
+          float(y != nullptr ? alpha * double(xf) + double(yf) : alpha * double(xf));
+      misses += in_float != in_double ? 1 : 0;
+    }
+  return misses;
+}
+
+TEST_F(CudaElementwise, ScaleAndAxpyComputeInDoubleAsOnTheCpu) {
+  // alpha = 0.1 and 1/3 are not floats. Computed in float, alpha is rounded and the product
+  // rounded twice, so results differ from the CPU's (double, one rounding) in the last bit for
+  // a good share of the elements, and masks built from them can differ at near-ties. Both must
+  // compute in double: bit-identical results, in every dtype.
+  std::uint32_t seed = 300;
+  for (const double alpha : {0.1, 1.0 / 3.0})
+    for (DType t : kAllTypes) {
+      SCOPED_TRACE(peft::detail::concat("scale ", name(t), " alpha=", alpha));
+      const HostMatrix values = random_matrix(t, 37, 129, ++seed, 3.0);
+      DeviceMatrix x(t, values.view(), true);
+      scale(alpha, x);
+      const HostMatrix expected =
+          on_cpu(t, values.view(), [&](auto& ctx, auto v) { cpu::scale(ctx, alpha, v); });
+      EXPECT_TRUE(bitwise_equal(x.download().view(), expected.view()));
+      EXPECT_TRUE(x.gaps_untouched());
+      // The test can tell: float arithmetic misses on these values.
+      if (t == DType::f32) {
+        EXPECT_GT(float_arithmetic_misses(alpha, values.view(), nullptr), 0);
+      }
+    }
+  for (const double alpha : {0.1, 1.0 / 3.0})
+    for (DType tx : kAllTypes)
+      for (DType ty : kAllTypes) {
+        SCOPED_TRACE(peft::detail::concat("axpy x ", name(tx), " y ", name(ty), " alpha=", alpha));
+        const HostMatrix xv = random_matrix(tx, 37, 129, ++seed, 3.0);
+        const HostMatrix yv = random_matrix(ty, 37, 129, ++seed, 3.0);
+        DeviceMatrix x(tx, xv.view(), true), y(ty, yv.view());
+        axpy(alpha, x, y);
+        const HostMatrix expected = with_host_type(tx, [&](auto tag) {
+          using TX = typename decltype(tag)::type;
+          const auto x_typed = to_typed<TX>(xv.view());
+          return on_cpu(ty, yv.view(), [&](auto& ctx, auto v) {
+            cpu::axpy(ctx, alpha, as_const(x_typed.view()), v);
+          });
+        });
+        EXPECT_TRUE(bitwise_equal(y.download().view(), expected.view()));
+        if (tx == DType::f32 && ty == DType::f32) {
+          EXPECT_GT(float_arithmetic_misses(alpha, xv.view(), &yv), 0);
+        }
+      }
 }
 
 TEST_F(CudaElementwise, CopyEveryPairOfTypesMatchesCpuBitwise) {

@@ -55,6 +55,22 @@ int device_count();
 void make_context(int device);
 /// Waits for the shared test context's stream.
 void synchronize();
+/// True when the shared test context still holds its stream and cuBLAS/cuSPARSE handles.
+bool context_alive();
+/// For a death test's child: registers an atexit handler, then creates the shared test context
+/// and calls exit(0). The handler runs after the destructors of statics constructed after it was
+/// registered, and ends the process with 0 when the context is still alive there, 3 when not.
+[[noreturn]] void exit_checking_context_outlives_statics();
+
+/// What cublasGetMathMode reports for a context's cuBLAS handle.
+struct CublasMathMode {
+  bool tf32 = false;                                  // CUBLAS_TF32_TENSOR_OP_MATH
+  bool disallow_reduced_precision_reduction = false;  // the split-K reduction stays fp32
+};
+/// The math mode of the shared test context's handle.
+CublasMathMode cublas_math_mode();
+/// The math mode of a fresh context made with CudaContextOptions::allow_tf32 = allow_tf32.
+CublasMathMode cublas_math_mode(bool allow_tf32);
 
 // ---- device memory ---------------------------------------------------------------------------
 

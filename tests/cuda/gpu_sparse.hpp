@@ -5,6 +5,7 @@
 // Rosa<T, Cuda> with a RosaMaskBuilder<T, Cuda>. Host data goes in and out as Matrix<double, Cpu>
 // and CsrPattern; no CUDA or Eigen type appears here.
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -77,6 +78,27 @@ void gather(const DeviceMatrix& src, std::span<const std::int32_t> index, Device
 /// dst += alpha src ⊙ src; any pair of dtypes.
 void accumulate_squares(double alpha, const DeviceMatrix& src, DeviceMatrix& dst);
 
+/// One S of spmm_through_one_cache: its pattern and values (1 x nnz), and those of Sᵀ.
+struct CsrWithTranspose {
+  const CsrPattern* s;
+  HostView s_values;
+  const CsrPattern* st;
+  HostView st_values;
+};
+
+/// spmm on one SparseCache, call i with S = calls[i]: every call has index arrays of its own
+/// (all kept alive, so their addresses differ), while the values of S and of Sᵀ are written in
+/// place into one array each (their addresses stay). All S share a shape and nnz, so only the
+/// index arrays tell the calls apart. Each call starts from y0; returns y after each.
+std::vector<HostMatrix> spmm_through_one_cache(DType t, std::span<const CsrWithTranspose> calls,
+                                               Op op, double alpha, HostView x, double beta,
+                                               HostView y0);
+
+/// Milliseconds per add_sparse_to_dense(alpha, S or Sᵀ, dense) on the device (CUDA events, the
+/// mean of `repeats` calls after one warm-up call).
+double time_add_sparse_to_dense_ms(double alpha, const DeviceCsr& s, bool transposed,
+                                   DeviceMatrix& dense, int repeats);
+
 /// What a pattern builder wrote: the pattern (and permutation), and whether the output arrays'
 /// `slack` elements past what it should write still hold their fill value.
 struct PatternResult {
@@ -93,6 +115,14 @@ inline constexpr std::int32_t kIndexSentinel = -7;
 PatternResult csr_transpose_pattern(const CsrPattern& s, index_t slack = 3);
 /// peft::gpu::topk_pattern of `scores` (f32 or f64), col_indices `slack` elements longer than k.
 PatternResult topk_pattern(const DeviceMatrix& scores, index_t k, index_t slack = 3);
+
+/// The workspace of a fresh Context<Cuda> after peft::gpu::topk_pattern ran on it once.
+struct WorkspaceUse {
+  std::size_t capacity = 0;     // bytes the workspace holds afterwards
+  std::size_t allocations = 0;  // allocations it made
+  PatternResult result;         // what topk_pattern wrote
+};
+WorkspaceUse topk_pattern_on_fresh_context(const DeviceMatrix& scores, index_t k);
 
 // ---- Rosa<T, Cuda> ---------------------------------------------------------------------------
 

@@ -183,6 +183,31 @@ PatternResult topk_pattern(const DeviceMatrix& scores, index_t k, index_t slack)
   return r;
 }
 
+WorkspaceUse topk_pattern_on_fresh_context(const DeviceMatrix& scores, index_t k) {
+  PEFT_CHECK_ARG(scores.dtype() == DType::f32 || scores.dtype() == DType::f64,
+                 "gpu test topk_pattern_on_fresh_context: scores are f32 or f64, not ",
+                 name(scores.dtype()));
+  synchronize();  // the scores were uploaded on the shared context's stream
+  Context<Cuda> ctx;
+  const index_t rows = scores.rows();
+  Vector<std::int32_t, Cuda> offsets(rows + 1), cols(std::max<index_t>(k, 0));
+  auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    gpu::topk_pattern(ctx, cview<T>(scores), k, offsets.view(), cols.view());
+  };
+  if (scores.dtype() == DType::f32)
+    run(Tag<float>{});
+  else
+    run(Tag<double>{});
+  ctx.synchronize();
+  WorkspaceUse use;
+  use.capacity = ctx.workspace().capacity();
+  use.allocations = ctx.workspace().allocations();
+  use.result.pattern = CsrPattern{rows, scores.cols(), host_indices(offsets.data(), rows + 1),
+                                  host_indices(cols.data(), cols.size())};
+  return use;
+}
+
 // ---- Rosa ------------------------------------------------------------------------------------
 
 std::unique_ptr<GpuRosa> make_rosa(DType dtype, HostView w0, const RosaConfig& config,

@@ -17,6 +17,29 @@ void add_sparse_to_dense(double alpha, const DeviceCsr& s, bool transposed, Devi
   });
 }
 
+double time_add_sparse_to_dense_ms(double alpha, const DeviceCsr& s, bool transposed,
+                                   DeviceMatrix& dense, int repeats) {
+  PEFT_CHECK_ARG(repeats > 0, "gpu test time_add_sparse_to_dense_ms: repeats is ", repeats);
+  add_sparse_to_dense(alpha, s, transposed, dense);  // warm-up (and the kernel's first load)
+  cudaEvent_t start = nullptr, stop = nullptr;
+  PEFT_CUDA_CHECK(cudaEventCreate(&start));
+  if (const cudaError_t status = cudaEventCreate(&stop); status != cudaSuccess) {
+    (void)cudaEventDestroy(start);
+    PEFT_CUDA_CHECK(status);
+  }
+  float ms = 0;
+  cudaError_t status = cudaEventRecord(start, context().stream());
+  for (int i = 0; i < repeats && status == cudaSuccess; ++i)
+    add_sparse_to_dense(alpha, s, transposed, dense);
+  if (status == cudaSuccess) status = cudaEventRecord(stop, context().stream());
+  if (status == cudaSuccess) status = cudaEventSynchronize(stop);
+  if (status == cudaSuccess) status = cudaEventElapsedTime(&ms, start, stop);
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
+  PEFT_CUDA_CHECK(status);
+  return double(ms) / repeats;
+}
+
 void gather(const DeviceMatrix& src, std::span<const std::int32_t> index, DeviceMatrix& dst) {
   PEFT_CHECK_SHAPE(src.rows() <= 1 && dst.rows() <= 1, "gpu test gather: src and dst are rows");
   const auto d_index = device_indices(index);

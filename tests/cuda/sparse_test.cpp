@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -139,6 +140,58 @@ TEST_P(CudaSpmm, CacheFollowsBatchStrideValuesAndPattern) {
   check_spmm(t, ds, s, Op::N, 5, 1.0, 0.0, false, 17);
 }
 
+TEST_P(CudaSpmm, CacheFollowsIndexArrays) {
+  // One SparseCache and one value array (for S and one for Sᵀ), through matrices of one shape
+  // and nnz whose index arrays differ: a descriptor keyed on the values pointer, shape and nnz
+  // alone would keep multiplying by the first pattern (cuSPARSE lets only the values change
+  // between SpMM preprocessing and compute).
+  const DType t = GetParam();
+  const index_t rows = 29, cols = 23, nnz = 97, n = 7;
+  const CsrPattern p1 = pattern_with(rows, cols, nnz, 1);
+  const CsrPattern p2 = pattern_with(rows, cols, nnz, 2, false);
+  const CsrPattern p3 = pattern_with(rows, cols, nnz, 3);
+  ASSERT_NE(p1.col_indices, p2.col_indices);
+  ASSERT_NE(p1.col_indices, p3.col_indices);
+  const HostCsr s1 = random_csr(t, p1, 4), s2 = random_csr(t, p2, 5), s3 = random_csr(t, p3, 6);
+  const HostCsr s1t = s1.transposed(), s2t = s2.transposed(), s3t = s3.transposed();
+  const CsrWithTranspose order[] = {
+      {&s1.pattern, s1.values.view(), &s1t.pattern, s1t.values.view()},
+      {&s2.pattern, s2.values.view(), &s2t.pattern, s2t.values.view()},
+      {&s1.pattern, s1.values.view(), &s1t.pattern, s1t.values.view()},
+      {&s3.pattern, s3.values.view(), &s3t.pattern, s3t.values.view()},
+  };
+  const HostCsr* expected_s[] = {&s1, &s2, &s1, &s3};
+  for (Op op : {Op::T, Op::N}) {
+    const index_t in = op == Op::T ? cols : rows, out = op == Op::T ? rows : cols;
+    const HostMatrix x = random_matrix(t, n, in, 7);
+    const HostMatrix y0 = random_matrix(t, n, out, 8);
+    const double alpha = 1.0, beta = -0.5;
+    const std::vector<HostMatrix> got =
+        spmm_through_one_cache(t, order, op, alpha, x.view(), beta, y0.view());
+    ASSERT_EQ(got.size(), std::size(order));
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      SCOPED_TRACE(peft::detail::concat("call ", i, " op ", op_name(op)));
+      HostCtx ctx;
+      SparseCache<Cpu> cache;
+      const HostCsr& s = *expected_s[i];
+      const HostCsr st = s.transposed();
+      HostMatrix ref = copy_of(y0.view());
+      cpu::spmm(ctx, alpha, x.view(), SparseOperand<double, Cpu>{s.view(), st.view(), &cache}, op,
+                beta, ref.view());
+      const HostCsr abs_s = s.absolute(), abs_st = st.absolute();
+      const HostMatrix abs_x = absolute(x.view());
+      HostMatrix bound = absolute(y0.view());
+      cpu::spmm(ctx, std::abs(alpha), abs_x.view(),
+                SparseOperand<double, Cpu>{abs_s.view(), abs_st.view(), &cache}, op, std::abs(beta),
+                bound.view());
+      for (index_t e = 0; e < bound.size(); ++e)
+        bound.data()[e] = 4.0 * double(in + 4) * accumulation_roundoff(t) * bound.data()[e] +
+                          2.0 * unit_roundoff(t) * std::abs(ref.data()[e]) + underflow(t);
+      expect_within(got[i].view(), ref.view(), bound.view(), "Y");
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, CudaSpmm, ::testing::ValuesIn(kAllTypes),
                          [](const auto& info) { return std::string(name(info.param)); });
 
@@ -167,9 +220,10 @@ void check_sddmm(const SddmmTypes& t, Op op_a, Op op_b, index_t m, index_t k, in
   const HostMatrix a = random_matrix(t.ab, op_a == Op::N ? m : k, op_a == Op::N ? k : m, seed);
   const HostMatrix b = random_matrix(t.ab, op_b == Op::N ? k : n, op_b == Op::N ? n : k, seed + 1);
   const CsrPattern p = random_pattern(m, n, density, seed + 2);
-  // beta = 0: S starts with garbage (finite: whether cuSPARSE reads values it is told to scale
-  // by zero is not part of its contract), which must be overwritten.
-  const HostCsr s0 = random_csr(t.v, p, seed + 3, beta == 0 ? 1e30 : 1.0);
+  // beta = 0: S starts as NaN, which must not be read (cuSPARSE computes beta C even then, and
+  // 0 NaN is NaN: the primitive zeroes the values first).
+  const HostCsr s0 =
+      beta == 0 ? HostCsr{p, filled(1, p.nnz(), kNaN)} : random_csr(t.v, p, seed + 3, 1.0);
   DeviceMatrix da(t.ab, a.view(), strided), db(t.ab, b.view(), strided);
   DeviceCsr ds(t.v, p, s0.values.view(), room(p, 3));
   sddmm(alpha, op_a, da, op_b, db, beta, ds);
@@ -202,9 +256,10 @@ void check_sddmm(const SddmmTypes& t, Op op_a, Op op_b, index_t m, index_t k, in
 TEST_P(CudaSddmm, AllTransposesMatchCpu) {
   const SddmmTypes t = GetParam();
   // (m, k, n): S is m x n, the inner dimension k.
+  // k = 0 is a batch without rows (dS of an empty batch): values = beta values.
   const std::tuple<index_t, index_t, index_t, double> shapes[] = {
       {1, 1, 1, 1.0},    {17, 3, 129, 0.2}, {129, 17, 3, 0.5},    {3, 129, 17, 0.3},
-      {33, 65, 17, 0.0}, {5, 7, 9, 1.0},    {257, 40, 129, 0.03},
+      {33, 65, 17, 0.0}, {5, 7, 9, 1.0},    {257, 40, 129, 0.03}, {17, 0, 33, 0.3},
   };
   std::uint32_t seed = 100;
   int s = 0;
@@ -222,6 +277,30 @@ TEST_P(CudaSddmm, RosaGradientAccumulates) {
   const SddmmTypes t = GetParam();
   check_sddmm(t, Op::T, Op::N, 65, 129, 33, 0.1, 1.0, 1.0, true, 7);
   check_sddmm(t, Op::T, Op::N, 65, 1, 33, 0.1, 1.0, 1.0, false, 8);
+}
+
+TEST_P(CudaSddmm, EmptyInnerDimensionScalesValues) {
+  // k = 0 (Rosa::backward on a batch of 0 rows): no products, values = beta values, as on the
+  // CPU; cuSPARSE must not see the zero-width dense operands (null data).
+  const SddmmTypes t = GetParam();
+  std::uint32_t seed = 150;
+  for (Op op_a : {Op::T, Op::N})
+    for (Op op_b : {Op::N, Op::T})
+      for (const double beta : {0.0, 1.0, -0.75, 0.5})
+        for (bool strided : {false, true})
+          check_sddmm(t, op_a, op_b, 33, 0, 17, 0.3, 1.5, beta, strided, seed += 5);
+}
+
+TEST_P(CudaSddmm, BetaZeroOverwritesNaN) {
+  // With beta = 0 the old values are not read: NaN in them (a fresh or poisoned gradient)
+  // must not survive, in every transpose combination (RoSA's is Aᵀ B).
+  const SddmmTypes t = GetParam();
+  std::uint32_t seed = 170;
+  for (Op op_a : {Op::T, Op::N})
+    for (Op op_b : {Op::N, Op::T}) {
+      check_sddmm(t, op_a, op_b, 65, 33, 129, 0.1, 1.0, 0.0, false, seed += 5);
+      check_sddmm(t, op_a, op_b, 17, 1, 5, 1.0, -0.5, 0.0, true, seed += 5);
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -337,6 +416,62 @@ TEST_P(CudaSparseHelpers, AccumulateSquaresMatchesCpu) {
       EXPECT_TRUE(ddst.gaps_untouched());
       EXPECT_TRUE(dsrc.gaps_untouched());
     }
+}
+
+TEST_P(CudaSparseHelpers, AccumulateSquaresAndAddSparseToDenseComputeInDoubleAsOnTheCpu) {
+  // alpha = 0.1 is not a float: computed in float (alpha rounded, products rounded twice), the
+  // results would differ from the CPU's (double, rounded once) in the last bit for a good share
+  // of f32 elements, and RoSA masks built from accumulated squares could differ at near-ties.
+  // Both compute in double: bit-identical results. The pattern clusters its entries in a few
+  // full rows, as RoSA's masks do.
+  const auto [ts, td] = GetParam();
+  const double alpha = 0.1;
+  const HostMatrix src = random_matrix(ts, 37, 129, 500, 3.0);
+  const HostMatrix d0 = random_matrix(td, 37, 129, 501, 3.0);
+  {
+    SCOPED_TRACE(peft::detail::concat("accumulate_squares ", name(ts), " into ", name(td)));
+    const DeviceMatrix dsrc(ts, src.view(), true);
+    DeviceMatrix ddst(td, d0.view());
+    accumulate_squares(alpha, dsrc, ddst);
+    const HostMatrix expected = with_host_type(ts, [&](auto tag_s) {
+      using TS = typename decltype(tag_s)::type;
+      const auto s_typed = to_typed<TS>(src.view());
+      return with_host_type(td, [&](auto tag_d) {
+        using TD = typename decltype(tag_d)::type;
+        auto d_typed = to_typed<TD>(d0.view());
+        HostCtx ctx;
+        cpu::accumulate_squares(ctx, alpha, as_const(s_typed.view()), d_typed.view());
+        return to_double(as_const(d_typed.view()));
+      });
+    });
+    EXPECT_TRUE(bitwise_equal(ddst.download().view(), expected.view()));
+  }
+  {
+    SCOPED_TRACE(peft::detail::concat("add_sparse_to_dense ", name(ts), " into ", name(td)));
+    Matrix<std::uint8_t, Cpu> mask(37, 129);
+    for (index_t r : {3, 4, 30})  // three full rows, the others empty
+      for (index_t c = 0; c < 129; ++c) mask.view()(r, c) = 1;
+    const CsrPattern p = CsrPattern::from_mask(as_const(mask.view()));
+    const HostCsr s = random_csr(ts, p, 502, 3.0);
+    const DeviceCsr ds(ts, p, s.values.view());
+    DeviceMatrix ddense(td, d0.view(), true);
+    add_sparse_to_dense(alpha, ds, false, ddense);
+    const HostMatrix expected = with_host_type(ts, [&](auto tag_s) {
+      using TS = typename decltype(tag_s)::type;
+      const auto v_typed = to_typed<TS>(s.values.view());
+      return with_host_type(td, [&](auto tag_d) {
+        using TD = typename decltype(tag_d)::type;
+        auto d_typed = to_typed<TD>(d0.view());
+        HostCtx ctx;
+        const CsrView<const TS, Cpu> sv{
+            p.rows, p.cols, p.nnz(), p.row_offsets.data(), p.col_indices.data(), v_typed.data()};
+        cpu::add_sparse_to_dense(ctx, alpha, sv, d_typed.view());
+        return to_double(as_const(d_typed.view()));
+      });
+    });
+    EXPECT_TRUE(bitwise_equal(ddense.download().view(), expected.view()));
+    EXPECT_TRUE(ddense.gaps_untouched());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, CudaSparseHelpers,
@@ -501,6 +636,78 @@ TEST_F(CudaSparsePatterns, TopkRejectsNonFiniteScoresAndBadK) {
   const DeviceMatrix ds(DType::f32, scores.view());
   expect_error([&] { (void)topk_pattern(ds, 13); }, ErrorKind::invalid_argument, {"k is 13"});
   expect_error([&] { (void)topk_pattern(ds, -1); }, ErrorKind::invalid_argument, {"k is -1"});
+}
+
+TEST_F(CudaSparsePatterns, TopkLeavesNoScratchInTheWorkspace) {
+  // Building a mask is once per training: its scratch must not stay in the context's workspace,
+  // which keeps its peak (20 bytes a score made ~0.9 GB for a 4096 x 11008 layer). Here 2M
+  // scores: the workspace of a fresh context must still be empty afterwards.
+  for (DType t : {DType::f32, DType::f64}) {
+    SCOPED_TRACE(name(t));
+    const HostMatrix scores = tied_scores(t, 1024, 2048, 77, true);
+    const DeviceMatrix ds(t, scores.view());
+    for (index_t k : {index_t{0}, index_t{1024 * 2048 / 100}}) {
+      const WorkspaceUse use = topk_pattern_on_fresh_context(ds, k);
+      EXPECT_EQ(use.capacity, 0u) << "k=" << k;
+      EXPECT_EQ(use.allocations, 0u) << "k=" << k;
+      const CsrPattern expected = cpu_topk(scores.view(), k);
+      EXPECT_EQ(use.result.pattern.row_offsets, expected.row_offsets);
+      EXPECT_EQ(use.result.pattern.col_indices, expected.col_indices);
+    }
+  }
+}
+
+TEST_F(CudaSparsePatterns, TopkOfClusteredScores) {
+  // Large scores in a few rows and columns (RoSA's masks cluster), the rest tied: rows with all
+  // their entries kept, rows with none, and ties split inside a row.
+  for (DType t : {DType::f32, DType::f64}) {
+    HostMatrix scores = filled(300, 517, 0.5);
+    for (index_t c = 0; c < 517; ++c) {
+      scores.view()(7, c) = 2.0 + double(c % 13);
+      scores.view()(250, c) = -3.0;
+    }
+    for (index_t r = 0; r < 300; ++r) scores.view()(r, 100) = 1.0;
+    const DeviceMatrix ds(t, scores.view(), true);
+    for (index_t k : {index_t{1}, index_t{517}, index_t{2 * 517 + 5}, index_t{2 * 517 + 299},
+                      index_t{2 * 517 + 299 + 1000}}) {
+      SCOPED_TRACE(peft::detail::concat("topk ", name(t), " k=", k));
+      const PatternResult got = topk_pattern(ds, k);
+      const CsrPattern expected = cpu_topk(scores.view(), k);
+      EXPECT_EQ(got.pattern.row_offsets, expected.row_offsets);
+      EXPECT_EQ(got.pattern.col_indices, expected.col_indices);
+      EXPECT_TRUE(got.tail_untouched);
+    }
+  }
+}
+
+TEST_F(CudaSparsePatterns, AddSparseToDenseIsParallelOverEntries) {
+  // RoSA's masks cluster in few rows. One thread per row walks a full row of 2^20 entries alone
+  // (hundreds of milliseconds); one thread per entry takes about as long for one full row as for
+  // 2^20 rows of one entry each (S and Sᵀ of the same matrix).
+  const index_t n = index_t{1} << 20;
+  Matrix<std::uint8_t, Cpu> mask(1, n);
+  for (index_t c = 0; c < n; ++c) mask.view()(0, c) = 1;
+  const CsrPattern p = CsrPattern::from_mask(as_const(mask.view()));
+  const DeviceCsr ds(DType::f32, p, random_matrix(DType::f32, 1, n, 1).view());
+  DeviceMatrix one_row(DType::f32, filled(1, n, 0.0).view());
+  DeviceMatrix one_column(DType::f32, filled(n, 1, 0.0).view());
+  const double clustered_ms = time_add_sparse_to_dense_ms(1.0, ds, false, one_row, 5);
+  const double spread_ms = time_add_sparse_to_dense_ms(1.0, ds, true, one_column, 5);
+  EXPECT_LT(clustered_ms, 10.0 * spread_ms + 0.5)
+      << "one full row took " << clustered_ms << " ms, one entry in each of " << n << " rows "
+      << spread_ms << " ms";
+  // And the sums are right: 6 calls each of S (and Sᵀ) added to zeros.
+  const HostMatrix got_row = one_row.download(), got_column = one_column.download();
+  const HostMatrix values = ds.values();
+  int bad = 0;
+  for (index_t c = 0; c < n; ++c) {
+    const double expected = double(float(6.0 * values.data()[c]));
+    const double tol = 8 * 0x1.0p-24 * std::abs(expected);
+    if (!(std::abs(got_row.data()[c] - expected) <= tol) ||
+        !(std::abs(got_column.data()[c] - expected) <= tol))
+      ++bad;
+  }
+  EXPECT_EQ(bad, 0);
 }
 
 // ---- bad input -------------------------------------------------------------------------------

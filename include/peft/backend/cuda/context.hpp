@@ -42,8 +42,13 @@ class Context<Cuda> {
       }
       PEFT_CUDA_CHECK(cublasCreate(&cublas_));
       PEFT_CUDA_CHECK(cublasSetStream(cublas_, stream_));
+      // Without CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION, cuBLAS may sum split-K
+      // partial results in the output type (fp16/bf16 for 16-bit C): accumulation would no
+      // longer be fp32 throughout.
+      const int base = options.allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
       PEFT_CUDA_CHECK(cublasSetMathMode(
-          cublas_, options.allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+          cublas_,
+          static_cast<cublasMath_t>(base | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
       cublas_workspace_ = detail::Allocation<Cuda>(options.cublas_workspace_bytes);
       PEFT_CUDA_CHECK(
           cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));

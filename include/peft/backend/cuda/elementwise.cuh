@@ -34,14 +34,21 @@ struct FillOp {
   __device__ void operator()(index_t i, index_t j) const { x[i * ld + j] = value; }
 };
 
+// scale, axpy (and accumulate_squares, add_sparse_to_dense in sparse.cuh) compute in double with
+// alpha unrounded, then round once to the element type, exactly as the CPU primitives do: in
+// float, alpha itself would be rounded and the product rounded twice, so the two backends could
+// disagree in the last bit and a top-k mask built from the results could differ at near-ties.
+// The explicit _rn intrinsics stop nvcc from contracting into a fused multiply-add, which the
+// CPU (no FMA without -march) does not do either. Memory-bound: double costs nothing measurable.
+
 template <class T>
 struct ScaleOp {
   T* x;
   index_t ld;
-  math_t<T> alpha;
+  double alpha;
   __device__ void operator()(index_t i, index_t j) const {
     T& e = x[i * ld + j];
-    e = convert<T>(alpha * convert<math_t<T>>(e));
+    e = convert<T>(__dmul_rn(alpha, convert<double>(e)));
   }
 };
 
@@ -51,10 +58,11 @@ struct AxpyOp {
   index_t ldx;
   TY* y;
   index_t ldy;
-  math_t<TY> alpha;
+  double alpha;
   __device__ void operator()(index_t i, index_t j) const {
     TY& e = y[i * ldy + j];
-    e = convert<TY>(alpha * convert<math_t<TY>>(x[i * ldx + j]) + convert<math_t<TY>>(e));
+    e = convert<TY>(
+        __dadd_rn(__dmul_rn(alpha, convert<double>(x[i * ldx + j])), convert<double>(e)));
   }
 };
 
@@ -151,22 +159,22 @@ void fill(Context<Cuda>& ctx, MatrixView<T, Cuda> x, double value) {
                            detail::FillOp<T>{x.data(), x.stride(), detail::convert<T>(value)});
 }
 
-/// x = alpha x.
+/// x = alpha x, computed in double and rounded once (as on the CPU).
 template <class T>
 void scale(Context<Cuda>& ctx, double alpha, MatrixView<T, Cuda> x) {
-  detail::for_each_element(
-      ctx, x.rows(), x.cols(),
-      detail::ScaleOp<T>{x.data(), x.stride(), static_cast<detail::math_t<T>>(alpha)});
+  detail::for_each_element(ctx, x.rows(), x.cols(),
+                           detail::ScaleOp<T>{x.data(), x.stride(), alpha});
 }
 
-/// y = alpha x + y; x may have another element type.
+/// y = alpha x + y, computed in double and rounded once (as on the CPU); x may have another
+/// element type.
 template <class TX, class TY>
 void axpy(Context<Cuda>& ctx, double alpha, MatrixView<TX, Cuda> x, MatrixView<TY, Cuda> y) {
   detail::check_same_shape("axpy", x, y);
   using X = std::remove_const_t<TX>;
-  detail::for_each_element(ctx, x.rows(), x.cols(),
-                           detail::AxpyOp<X, TY>{x.data(), x.stride(), y.data(), y.stride(),
-                                                 static_cast<detail::math_t<TY>>(alpha)});
+  detail::for_each_element(
+      ctx, x.rows(), x.cols(),
+      detail::AxpyOp<X, TY>{x.data(), x.stride(), y.data(), y.stride(), alpha});
 }
 
 /// dst = src, converting the element type.

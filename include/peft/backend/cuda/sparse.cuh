@@ -6,7 +6,9 @@
 
 #include <cub/device/device_scan.cuh>
 
+#include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,8 +19,8 @@
 
 namespace peft {
 
-/// Per-matrix cuSPARSE state: the sparse descriptors of S and Sᵀ (built for the value arrays
-/// they were first used with) and the SpMM buffers, preprocessed once per product shape.
+/// Per-matrix cuSPARSE state: the sparse descriptors of S and Sᵀ (built for the index and value
+/// arrays they were first used with) and the SpMM buffers, preprocessed once per product shape.
 template <>
 class SparseCache<Cuda> {
  public:
@@ -40,7 +42,12 @@ class SparseCache<Cuda> {
   /// One plan per orientation (0: S for X Sᵀ, 1: Sᵀ for X S).
   struct Plan {
     cusparseSpMatDescr_t matrix = nullptr;
-    const void* values = nullptr;  // the value array the descriptor points to
+    // The arrays the descriptor points to. cuSPARSE lets only the values change between
+    // cusparseSpMM_preprocess and cusparseSpMM, so other index arrays need a new descriptor (and
+    // a new preprocessing) even when the shape, nnz and values pointer are the same.
+    const std::int32_t* row_offsets = nullptr;
+    const std::int32_t* col_indices = nullptr;
+    const void* values = nullptr;
     index_t rows = -1, cols = -1, nnz = -1;
     index_t batch = -1, ld_x = -1, ld_y = -1;  // the product shape preprocessed for
     cudaDataType_t type = CUDA_R_32F;
@@ -95,7 +102,8 @@ class DenseDescriptor {
 template <class V>
 void ensure_matrix(SparseCache<Cuda>::Plan& plan, const CsrView<V, Cuda>& s) {
   const cudaDataType_t type = data_type<V>();
-  if (plan.matrix != nullptr && plan.values == s.values && plan.rows == s.rows &&
+  if (plan.matrix != nullptr && plan.row_offsets == s.row_offsets &&
+      plan.col_indices == s.col_indices && plan.values == s.values && plan.rows == s.rows &&
       plan.cols == s.cols && plan.nnz == s.nnz && plan.type == type)
     return;
   if (plan.matrix != nullptr) PEFT_CUDA_CHECK(cusparseDestroySpMat(plan.matrix));
@@ -104,6 +112,8 @@ void ensure_matrix(SparseCache<Cuda>::Plan& plan, const CsrView<V, Cuda>& s) {
       &plan.matrix, s.rows, s.cols, s.nnz, const_cast<std::int32_t*>(s.row_offsets),
       const_cast<std::int32_t*>(s.col_indices), const_cast<std::remove_const_t<V>*>(s.values),
       CUSPARSE_INDEX_32I, CUSPARSE_INDEX_32I, CUSPARSE_INDEX_BASE_ZERO, type));
+  plan.row_offsets = s.row_offsets;
+  plan.col_indices = s.col_indices;
   plan.values = s.values;
   plan.rows = s.rows;
   plan.cols = s.cols;
@@ -111,17 +121,32 @@ void ensure_matrix(SparseCache<Cuda>::Plan& plan, const CsrView<V, Cuda>& s) {
   plan.type = type;
 }
 
+/// The row of entry e: the last row r whose offset is <= e (rows without entries share their
+/// offset with the next row, so the last such row is the one that holds e). rows >= 1, e < nnz.
+__device__ inline index_t row_of(const std::int32_t* offsets, index_t rows, index_t e) {
+  index_t lo = 0, hi = rows - 1;  // offsets[0] = 0 <= e
+  while (lo < hi) {
+    const index_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= e)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+/// One thread per entry, not per row: RoSA's masks cluster in few rows, which a thread per row
+/// would walk alone. The entries of a CSR matrix are distinct, so no two threads share an
+/// element of `dense`. In double, as on the CPU.
 template <class V, class T>
-__global__ void add_sparse_to_dense_kernel(index_t rows, const std::int32_t* offsets,
+__global__ void add_sparse_to_dense_kernel(index_t rows, index_t nnz, const std::int32_t* offsets,
                                            const std::int32_t* cols, const V* values, double alpha,
                                            T* dense, index_t ld) {
   const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t r = index_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += step)
-    for (index_t e = offsets[r]; e < offsets[r + 1]; ++e) {
-      T& d = dense[r * ld + cols[e]];
-      using M = math_t<T>;
-      d = convert<T>(convert<M>(d) + M(alpha) * convert<M>(values[e]));
-    }
+  for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < nnz; e += step) {
+    T& d = dense[row_of(offsets, rows, e) * ld + cols[e]];
+    d = convert<T>(__dadd_rn(convert<double>(d), __dmul_rn(alpha, convert<double>(values[e]))));
+  }
 }
 
 template <class TS, class TD>
@@ -131,17 +156,18 @@ __global__ void gather_kernel(const TS* src, const std::int32_t* index, TD* dst,
     dst[k] = convert<TD>(src[index[k]]);
 }
 
+/// In double, unfused, as on the CPU (see ScaleOp in elementwise.cuh).
 template <class TS, class TD>
 struct AccumulateSquaresOp {
   const TS* src;
   index_t lds;
   TD* dst;
   index_t ldd;
-  math_t<TD> alpha;
+  double alpha;
   __device__ void operator()(index_t i, index_t j) const {
-    const auto v = convert<math_t<TD>>(src[i * lds + j]);
+    const double v = convert<double>(src[i * lds + j]);
     TD& d = dst[i * ldd + j];
-    d = convert<TD>(convert<math_t<TD>>(d) + alpha * v * v);
+    d = convert<TD>(__dadd_rn(convert<double>(d), __dmul_rn(__dmul_rn(alpha, v), v)));
   }
 };
 
@@ -202,70 +228,148 @@ __global__ void digit_histogram_kernel(const T* scores, index_t ld, index_t rows
     if (local[b] != 0) atomicAdd(&bins[b], local[b]);
 }
 
-/// flags[i] = 1 for keys above the threshold, 2 for keys equal to it, 0 otherwise.
+/// One warp per row (the loops over rows are warp-uniform, so every lane reaches the shuffles
+/// and ballots): rows r = warp, warp + warps, ...
+__device__ inline index_t first_warp_row() {
+  return (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+}
+__device__ inline index_t warp_row_step() {
+  return index_t(gridDim.x) * (blockDim.x / 32);
+}
+
+/// Per row: how many keys lie above the threshold and how many equal it.
 template <class T>
-__global__ void classify_kernel(const T* scores, index_t ld, index_t rows, index_t cols,
-                                key_t<T> threshold, std::int32_t* above, std::int32_t* equal) {
-  const index_t total = rows * cols;
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const key_t<T> k = magnitude_key(scores[(idx / cols) * ld + idx % cols]);
-    above[idx] = k > threshold ? 1 : 0;
-    equal[idx] = k == threshold ? 1 : 0;
+__global__ void count_row_keys_kernel(const T* scores, index_t ld, index_t rows, index_t cols,
+                                      key_t<T> threshold, std::int32_t* above,
+                                      std::int32_t* equal) {
+  const int lane = int(threadIdx.x % 32);
+  for (index_t r = first_warp_row(); r < rows; r += warp_row_step()) {
+    const T* row = scores + r * ld;
+    int a = 0, e = 0;  // a row has at most INT32_MAX scores
+    for (index_t c = lane; c < cols; c += 32) {
+      const key_t<T> key = magnitude_key(row[c]);
+      a += key > threshold ? 1 : 0;
+      e += key == threshold ? 1 : 0;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      a += __shfl_down_sync(0xffffffffu, a, offset);
+      e += __shfl_down_sync(0xffffffffu, e, offset);
+    }
+    if (lane == 0) {
+      above[r] = a;
+      equal[r] = e;
+    }
   }
 }
 
-/// Keeps every key above the threshold and the first `ties` equal keys (by flat index), writing
-/// the kept flat indices in order: row-major order, which is CSR order.
+/// kept[r] = the keys of row r above the threshold plus its share of the `ties` equal keys kept
+/// (the first ones by row-major index: equal_before[r] of them lie in earlier rows);
+/// kept[rows] = 0, so that an exclusive scan of kept[0 .. rows] gives the row offsets. `kept`
+/// may be `above`.
 // A template only so that the header can define it in several translation units.
 template <class = void>
-__global__ void select_kernel(index_t total, const std::int32_t* above, const std::int32_t* equal,
-                              const std::int32_t* equal_rank, index_t ties, std::int32_t* keep) {
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step)
-    keep[idx] = (above[idx] != 0 || (equal[idx] != 0 && equal_rank[idx] < ties)) ? 1 : 0;
-}
-
-// A template only so that the header can define it in several translation units.
-template <class = void>
-__global__ void scatter_kept_kernel(index_t total, index_t cols, const std::int32_t* keep,
-                                    const std::int32_t* position, std::int32_t* col_indices,
-                                    std::int32_t* row_of_entry) {
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step)
-    if (keep[idx] != 0) {
-      col_indices[position[idx]] = static_cast<std::int32_t>(idx % cols);
-      row_of_entry[position[idx]] = static_cast<std::int32_t>(idx / cols);
-    }
-}
-
-/// row_offsets[r] = number of entries in rows < r (a lower bound in the sorted row list).
-// A template only so that the header can define it in several translation units.
-template <class = void>
-__global__ void row_offsets_kernel(index_t rows, index_t k, const std::int32_t* row_of_entry,
-                                   std::int32_t* row_offsets) {
+__global__ void kept_per_row_kernel(index_t rows, index_t ties, const std::int32_t* above,
+                                    const std::int32_t* equal, const std::int32_t* equal_before,
+                                    std::int32_t* kept) {
   const index_t step = index_t(gridDim.x) * blockDim.x;
   for (index_t r = index_t(blockIdx.x) * blockDim.x + threadIdx.x; r <= rows; r += step) {
-    index_t lo = 0, hi = k;
-    while (lo < hi) {
-      const index_t mid = (lo + hi) / 2;
-      if (row_of_entry[mid] < r)
-        lo = mid + 1;
-      else
-        hi = mid;
+    if (r == rows) {
+      kept[r] = 0;
+      continue;
     }
-    row_offsets[r] = static_cast<std::int32_t>(lo);
+    const index_t tie_room = ties - index_t(equal_before[r]);
+    const index_t kept_ties = tie_room < 0 ? 0 : (tie_room < equal[r] ? tie_room : equal[r]);
+    kept[r] = static_cast<std::int32_t>(above[r] + kept_ties);
   }
 }
 
-inline void exclusive_scan(Context<Cuda>& ctx, const std::int32_t* in, std::int32_t* out,
-                           index_t n) {
-  std::size_t bytes = 0;
-  PEFT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, n, ctx.stream()));
-  typename peft::detail::Workspace<Cuda>::Frame frame(ctx.workspace());
-  void* temp = frame.take<std::byte>(static_cast<index_t>(bytes));
-  PEFT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp, bytes, in, out, n, ctx.stream()));
+/// Writes the kept columns of each row, in order, from row_offsets[r] on: a warp walks the row
+/// 32 columns at a time; ballots give each lane its rank among the chunk's equal keys (for the
+/// tie rule) and among its kept keys (for the output position).
+template <class T>
+__global__ void write_row_columns_kernel(const T* scores, index_t ld, index_t rows, index_t cols,
+                                         key_t<T> threshold, index_t ties,
+                                         const std::int32_t* equal_before,
+                                         const std::int32_t* row_offsets,
+                                         std::int32_t* col_indices) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  for (index_t r = first_warp_row(); r < rows; r += warp_row_step()) {
+    const T* row = scores + r * ld;
+    index_t out = row_offsets[r];
+    const index_t end = row_offsets[r + 1];
+    index_t ties_before = equal_before[r];  // equal keys before the current chunk
+    for (index_t c0 = 0; c0 < cols && out < end; c0 += 32) {
+      const index_t c = c0 + lane;
+      bool is_above = false, is_equal = false;
+      if (c < cols) {
+        const key_t<T> key = magnitude_key(row[c]);
+        is_above = key > threshold;
+        is_equal = key == threshold;
+      }
+      const unsigned equal_lanes = __ballot_sync(0xffffffffu, is_equal);
+      const bool keep =
+          is_above || (is_equal && ties_before + __popc(equal_lanes & lower_lanes) < ties);
+      const unsigned kept_lanes = __ballot_sync(0xffffffffu, keep);
+      if (keep) col_indices[out + __popc(kept_lanes & lower_lanes)] = static_cast<std::int32_t>(c);
+      out += __popc(kept_lanes);
+      ties_before += __popc(equal_lanes);
+    }
+  }
 }
+
+/// Scratch of one top-k call, in one temporary device allocation that is freed on return: mask
+/// building runs once per training, so the shared workspace should not keep its peak. O(rows),
+/// not O(rows x cols): 257 histogram bins, three int32 counts per row and CUB's scan storage.
+class TopkScratch {
+ public:
+  TopkScratch(Context<Cuda>& ctx, index_t rows) : ctx_(ctx) {
+    std::size_t scan_bytes = 0;
+    for (const index_t n : {rows, rows + 1}) {
+      std::size_t bytes = 0;
+      PEFT_CUDA_CHECK(
+          cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<std::int32_t*>(nullptr),
+                                        static_cast<std::int32_t*>(nullptr), n, ctx.stream()));
+      scan_bytes = std::max(scan_bytes, bytes);
+    }
+    const std::size_t counts = static_cast<std::size_t>(rows) + 1;
+    offsets_[0] = 0;                                                        // bins
+    offsets_[1] = offsets_[0] + aligned(257 * sizeof(unsigned long long));  // above
+    offsets_[2] = offsets_[1] + aligned(counts * sizeof(std::int32_t));     // equal
+    offsets_[3] = offsets_[2] + aligned(counts * sizeof(std::int32_t));     // equal_before
+    offsets_[4] = offsets_[3] + aligned(counts * sizeof(std::int32_t));     // scan storage
+    scan_bytes_ = std::max<std::size_t>(scan_bytes, 1);
+    memory_ = peft::detail::Allocation<Cuda>(offsets_[4] + scan_bytes_);
+  }
+  TopkScratch(const TopkScratch&) = delete;
+  TopkScratch& operator=(const TopkScratch&) = delete;
+  /// The kernels that use the scratch must finish before it is freed (also when unwinding).
+  ~TopkScratch() { (void)cudaStreamSynchronize(ctx_.stream()); }
+
+  unsigned long long* bins() { return at<unsigned long long>(0); }
+  std::int32_t* above() { return at<std::int32_t>(1); }
+  std::int32_t* equal() { return at<std::int32_t>(2); }
+  std::int32_t* equal_before() { return at<std::int32_t>(3); }
+
+  /// out[0 .. n) = exclusive prefix sums of in[0 .. n), n <= rows + 1.
+  void exclusive_scan(const std::int32_t* in, std::int32_t* out, index_t n) {
+    std::size_t bytes = scan_bytes_;
+    PEFT_CUDA_CHECK(
+        cub::DeviceScan::ExclusiveSum(at<std::byte>(4), bytes, in, out, n, ctx_.stream()));
+  }
+
+ private:
+  static std::size_t aligned(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+  template <class E>
+  E* at(int part) {
+    return reinterpret_cast<E*>(static_cast<std::byte*>(memory_.data()) + offsets_[part]);
+  }
+
+  Context<Cuda>& ctx_;
+  peft::detail::Allocation<Cuda> memory_;  // destroyed after the synchronisation above
+  std::array<std::size_t, 5> offsets_{};
+  std::size_t scan_bytes_ = 0;
+};
 
 }  // namespace detail
 
@@ -327,7 +431,8 @@ void spmm(Context<Cuda>& ctx, double alpha, MatrixView<TX, Cuda> x,
 }
 
 /// values(S) = alpha (op(A) op(B)) ⊙ pattern(S) + beta values(S) through cusparseSDDMM in fp32
-/// (fp64 for double). 16-bit A and B are staged through fp32 in the workspace.
+/// (fp64 for double). 16-bit A and B are staged through fp32 in the workspace. With beta = 0 the
+/// old values are not read; with an empty inner dimension (k = 0) values = beta values.
 template <class TA, class TB, class V>
 void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op op_b,
            MatrixView<TB, Cuda> b, double beta, const CsrView<V, Cuda>& s) {
@@ -340,6 +445,16 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
   PEFT_CHECK_SHAPE(k == kb, "sddmm: op(A) is ", m, " x ", k, " but op(B) is ", kb, " x ", n);
   detail::check_csr_shape("sddmm", s, m, n);
   if (s.nnz == 0) return;
+  // BLAS semantics: with beta = 0 the old values are not read (they may hold NaN). cuSPARSE
+  // computes alpha (op(A) op(B)) ⊙ spy(C) + beta C, and 0 NaN is NaN: zero them first.
+  if (beta == 0)
+    PEFT_CUDA_CHECK(
+        cudaMemsetAsync(s.values, 0, sizeof(V) * static_cast<std::size_t>(s.nnz), ctx.stream()));
+  if (k == 0) {  // no products: values = beta values, as on the CPU (never hand cuSPARSE empty
+                 // dense operands: zero-width descriptors with null data)
+    if (beta != 0 && beta != 1) scale(ctx, beta, MatrixView<V, Cuda>(s.values, 1, s.nnz));
+    return;
+  }
   using A = std::remove_const_t<TA>;
   using Bt = std::remove_const_t<TB>;
   typename peft::detail::Workspace<Cuda>::Frame frame(ctx.workspace());
@@ -383,7 +498,7 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
   PEFT_CUDA_CHECK(cusparseDestroySpMat(c));
 }
 
-/// dense(r, c) += alpha S(r, c) for every entry.
+/// dense(r, c) += alpha S(r, c) for every entry (one thread per entry; in double, as on the CPU).
 template <class V, class T>
 void add_sparse_to_dense(Context<Cuda>& ctx, double alpha, const CsrView<V, Cuda>& s,
                          MatrixView<T, Cuda> dense) {
@@ -391,8 +506,9 @@ void add_sparse_to_dense(Context<Cuda>& ctx, double alpha, const CsrView<V, Cuda
   if (s.nnz == 0) return;
   using VU = std::remove_const_t<V>;
   detail::add_sparse_to_dense_kernel<VU, T>
-      <<<detail::grid_size(s.rows), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-          s.rows, s.row_offsets, s.col_indices, s.values, alpha, dense.data(), dense.stride());
+      <<<detail::grid_size(s.nnz), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
+          s.rows, s.nnz, s.row_offsets, s.col_indices, s.values, alpha, dense.data(),
+          dense.stride());
   PEFT_CUDA_CHECK_LAUNCH();
 }
 
@@ -412,16 +528,15 @@ void gather(Context<Cuda>& ctx, VectorView<TS, Cuda> src,
   PEFT_CUDA_CHECK_LAUNCH();
 }
 
-/// dst += alpha src ⊙ src.
+/// dst += alpha src ⊙ src, in double (as on the CPU).
 template <class TS, class TD>
 void accumulate_squares(Context<Cuda>& ctx, double alpha, MatrixView<TS, Cuda> src,
                         MatrixView<TD, Cuda> dst) {
   detail::check_same_shape("accumulate_squares", src, dst);
   using S = std::remove_const_t<TS>;
-  detail::for_each_element(
-      ctx, src.rows(), src.cols(),
-      detail::AccumulateSquaresOp<S, TD>{src.data(), src.stride(), dst.data(), dst.stride(),
-                                         static_cast<detail::math_t<TD>>(alpha)});
+  detail::for_each_element(ctx, src.rows(), src.cols(),
+                           detail::AccumulateSquaresOp<S, TD>{src.data(), src.stride(), dst.data(),
+                                                              dst.stride(), alpha});
 }
 
 /// The pattern of Sᵀ and the permutation from its entries to S's, by cusparseCsr2cscEx2 over an
@@ -464,8 +579,11 @@ void csr_transpose_pattern(Context<Cuda>& ctx, const CsrView<V, Cuda>& s,
 
 /// The k entries of largest |score| as a CSR pattern, ties to the smaller row-major index (the
 /// CPU primitive's rule, so both backends build the same mask). A radix select over the bits of
-/// |score| (8 bits per pass, one small host read per pass) finds the k-th largest key; scans
-/// then compact the kept indices in row-major order. Throws on non-finite scores.
+/// |score| (8 bits per pass, one small host read per pass) finds the k-th largest key and how
+/// many of its ties are kept; per-row counts of the keys above and equal to it, scanned, give the
+/// row offsets; a warp per row then writes the kept columns in order. Scratch is O(rows), in a
+/// temporary allocation freed on return (the context's workspace is not used). Throws on
+/// non-finite scores. Synchronises the context's stream.
 template <class T>
 void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
                   VectorView<std::int32_t, Cuda> row_offsets,
@@ -479,8 +597,8 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
   PEFT_CHECK_SHAPE(row_offsets.size() == rows + 1 && col_indices.size() >= k,
                    "topk_pattern: output sizes do not fit ", rows, " rows and ", k, " entries");
   PEFT_CHECK_SHAPE(total <= INT32_MAX, "topk_pattern: ", total, " scores exceed int32 indices");
-  typename peft::detail::Workspace<Cuda>::Frame frame(ctx.workspace());
-  auto* bins = frame.take<unsigned long long>(257);
+  detail::TopkScratch scratch(ctx, rows);
+  auto* bins = scratch.bins();
   std::array<unsigned long long, 257> host{};
 
   // Find the k-th largest key digit by digit, from the most significant. The first pass also
@@ -490,10 +608,12 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
   constexpr int kBits = int(sizeof(Key) * 8);
   for (int shift = kBits - 8; shift >= 0 && (k > 0 || shift == kBits - 8); shift -= 8) {
     PEFT_CUDA_CHECK(cudaMemsetAsync(bins, 0, sizeof(unsigned long long) * 257, ctx.stream()));
-    detail::digit_histogram_kernel<U>
-        <<<std::min(detail::grid_size(total), 1024u), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-            scores.data(), scores.stride(), rows, cols, prefix, prefix_mask, shift, bins);
-    PEFT_CUDA_CHECK_LAUNCH();
+    if (total > 0) {
+      detail::digit_histogram_kernel<U><<<std::min(detail::grid_size(total), 1024u),
+                                          detail::kThreadsPerBlock, 0, ctx.stream()>>>(
+          scores.data(), scores.stride(), rows, cols, prefix, prefix_mask, shift, bins);
+      PEFT_CUDA_CHECK_LAUNCH();
+    }
     PEFT_CUDA_CHECK(
         cudaMemcpyAsync(host.data(), bins, sizeof(host), cudaMemcpyDeviceToHost, ctx.stream()));
     ctx.synchronize();
@@ -509,33 +629,28 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
   }
   const Key threshold = prefix;  // the k-th largest key; `remaining` of its ties are kept
 
-  std::int32_t* above = frame.take<std::int32_t>(total);
-  std::int32_t* equal = frame.take<std::int32_t>(total);
-  std::int32_t* rank = frame.take<std::int32_t>(total);
-  std::int32_t* keep = frame.take<std::int32_t>(total);
-  std::int32_t* position = frame.take<std::int32_t>(total);
-  std::int32_t* row_of_entry = frame.take<std::int32_t>(std::max<index_t>(k, 1));
-  const unsigned grid = detail::grid_size(total);
   if (k == 0) {
     PEFT_CUDA_CHECK(
         cudaMemsetAsync(row_offsets.data(), 0, sizeof(std::int32_t) * (rows + 1), ctx.stream()));
+    ctx.synchronize();
     return;
   }
-  detail::classify_kernel<U><<<grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-      scores.data(), scores.stride(), rows, cols, threshold, above, equal);
+  const unsigned row_grid = detail::grid_size(rows * 32);  // a warp per row
+  detail::count_row_keys_kernel<U><<<row_grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
+      scores.data(), scores.stride(), rows, cols, threshold, scratch.above(), scratch.equal());
   PEFT_CUDA_CHECK_LAUNCH();
-  detail::exclusive_scan(ctx, equal, rank, total);
-  detail::select_kernel<><<<grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-      total, above, equal, rank, remaining, keep);
-  PEFT_CUDA_CHECK_LAUNCH();
-  detail::exclusive_scan(ctx, keep, position, total);
-  detail::scatter_kept_kernel<><<<grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-      total, cols, keep, position, col_indices.data(), row_of_entry);
-  PEFT_CUDA_CHECK_LAUNCH();
-  detail::row_offsets_kernel<>
+  scratch.exclusive_scan(scratch.equal(), scratch.equal_before(), rows);
+  detail::kept_per_row_kernel<>
       <<<detail::grid_size(rows + 1), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
-          rows, k, row_of_entry, row_offsets.data());
+          rows, remaining, scratch.above(), scratch.equal(), scratch.equal_before(),
+          scratch.above());
   PEFT_CUDA_CHECK_LAUNCH();
+  scratch.exclusive_scan(scratch.above(), row_offsets.data(), rows + 1);
+  detail::write_row_columns_kernel<U><<<row_grid, detail::kThreadsPerBlock, 0, ctx.stream()>>>(
+      scores.data(), scores.stride(), rows, cols, threshold, remaining, scratch.equal_before(),
+      row_offsets.data(), col_indices.data());
+  PEFT_CUDA_CHECK_LAUNCH();
+  ctx.synchronize();  // before the scratch is freed, with errors reported
 }
 
 }  // namespace gpu
