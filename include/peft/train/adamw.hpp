@@ -2,9 +2,16 @@
 // AdamW over parameter groups with PyTorch's semantics (decoupled weight decay, bias
 // correction). Each group has its own learning rate and weight decay; after a step the
 // optimizer calls parameters_updated on every layer it stepped.
+//
+// Layers are held by LayerHandle, not by address: a registered layer may move (into a
+// std::vector that grows, a std::optional, ...) and the optimizer follows it. Its parameters
+// live in heap buffers that a move hands over, so the optimizer's views of them stay valid. A
+// layer destroyed (or overwritten by a move assignment) while registered frees those buffers:
+// step() then throws a peft::Error before it writes anything.
 
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -51,7 +58,9 @@ class AdamW {
   }
 
   /// Adds a layer's parameters (all, or those named in group.names) as one group; the layer's
-  /// parameters_updated runs after every step. Returns the group's index.
+  /// parameters_updated runs after every step (once per layer, however many groups it has).
+  /// The layer may move afterwards; it must not be destroyed before the optimizer's last step.
+  /// Returns the group's index.
   template <class Layer>
   requires Adapter<Layer> && std::is_same_v<typename Layer::param_type, P> &&
       std::is_same_v<typename Layer::backend_type, B>
@@ -63,39 +72,34 @@ class AdamW {
     PEFT_CHECK_ARG(!selected.empty(),
                    "AdamW::add: no parameter of the layer matches the group's "
                    "names");
-    auto on_updated = [&layer](Ctx& ctx) { layer.parameters_updated(ctx); };
-    return add(std::move(selected), group, on_updated, &layer);
+    auto owner = std::make_unique<LayerOwner<Layer>>(layer.handle());
+    const bool known = has_owner(*owner);
+    owners_.reserve(owners_.size() + 1);  // nothing below throws once the group is added
+    const std::size_t index = add_group(std::move(selected), group);
+    if (!known) owners_.push_back(std::move(owner));
+    return index;
   }
 
-  /// Adds raw parameters as one group; on_updated (optional) runs after every step. Returns the
+  /// Adds raw parameters as one group; on_updated (optional) runs after every step, once per
+  /// distinct non-null `owner` (or every time when owner is null). The optimizer cannot check
+  /// that raw parameters still exist: prefer add(layer) for layers, which can move. Returns the
   /// group's index.
   std::size_t add(std::vector<Parameter<P, B>> params, const ParamGroupOptions& group = {},
                   std::function<void(Ctx&)> on_updated = {}, const void* owner = nullptr) {
-    Group g;
-    g.lr = group.lr.value_or(options_.lr);
-    g.weight_decay = group.weight_decay.value_or(options_.weight_decay);
-    PEFT_CHECK_ARG(g.lr >= 0 && std::isfinite(g.lr), "AdamW::add: group lr is ", g.lr,
-                   ", expected a finite value >= 0");
-    PEFT_CHECK_ARG(g.weight_decay >= 0, "AdamW::add: group weight_decay is ", g.weight_decay,
-                   ", expected >= 0");
-    for (auto& p : params) {
-      PEFT_CHECK_SHAPE(p.value.rows() == p.grad.rows() && p.value.cols() == p.grad.cols(),
-                       "AdamW::add: parameter ", p.name, " is ", shape_string(p.value),
-                       " but its gradient is ", shape_string(p.grad));
-      g.slots.push_back({p, Matrix<P, B>(p.value.rows(), p.value.cols()),
-                         Matrix<P, B>(p.value.rows(), p.value.cols())});
-    }
-    for (auto& s : g.slots)
-      g.tensors.push_back({s.param.value, as_const(s.param.grad), s.m.view(), s.v.view()});
-    groups_.push_back(std::move(g));
-    if (on_updated && (owner == nullptr || !has_owner(owner)))
-      callbacks_.push_back({owner, std::move(on_updated)});
-    return groups_.size() - 1;
+    auto raw = std::make_unique<RawOwner>(owner, std::move(on_updated));
+    const bool keep = raw->on_updated && (owner == nullptr || !has_owner(*raw));
+    owners_.reserve(owners_.size() + 1);
+    const std::size_t index = add_group(std::move(params), group);
+    if (keep) owners_.push_back(std::move(raw));
+    return index;
   }
 
   /// One step over every group, then parameters_updated on the layers. Bias correction counts
-  /// each group's own steps (PyTorch counts per parameter from its first update).
+  /// each group's own steps (PyTorch counts per parameter from its first update). Throws a
+  /// peft::Error, having changed nothing, when a registered layer no longer exists.
   void step(Ctx& ctx) {
+    // Before any write: the parameters of a destroyed layer are freed memory.
+    for (const auto& o : owners_) o->check("AdamW::step");
     ++steps_;
     for (auto& g : groups_) {
       ++g.steps;
@@ -106,7 +110,7 @@ class AdamW {
       // One fused update per group (one kernel on the GPU).
       adamw_update(ctx, h, std::span<const AdamWTensors<P, B>>(g.tensors));
     }
-    for (auto& c : callbacks_) c.second(ctx);
+    for (auto& o : owners_) o->updated(ctx);
   }
 
   std::int64_t steps() const noexcept { return steps_; }
@@ -131,6 +135,70 @@ class AdamW {
   }
 
  private:
+  /// What runs after a step for one registration: a layer (through its handle) or a raw
+  /// callback.
+  struct Owner {
+    virtual ~Owner() = default;
+    /// Throws when the owner no longer exists.
+    virtual void check(const char* where) const = 0;
+    virtual void updated(Ctx& ctx) = 0;
+    virtual bool same(const Owner& other) const = 0;
+    /// One address per kind of owner (no RTTI needed to compare two owners).
+    virtual const void* kind() const noexcept = 0;
+  };
+  template <class Kind>
+  static const void* kind_of() noexcept {
+    static const char tag = 0;
+    return &tag;
+  }
+
+  template <class Layer>
+  struct LayerOwner final : Owner {
+    explicit LayerOwner(LayerHandle<Layer> h) : handle(std::move(h)) {}
+    void check(const char* where) const override { handle.get(where); }
+    void updated(Ctx& ctx) override { handle.get("AdamW::step").parameters_updated(ctx); }
+    bool same(const Owner& other) const override {
+      return other.kind() == kind() &&
+             handle.same_layer(static_cast<const LayerOwner&>(other).handle);
+    }
+    const void* kind() const noexcept override { return kind_of<LayerOwner>(); }
+    LayerHandle<Layer> handle;
+  };
+
+  struct RawOwner final : Owner {
+    RawOwner(const void* k, std::function<void(Ctx&)> f) : key(k), on_updated(std::move(f)) {}
+    void check(const char*) const override {}
+    void updated(Ctx& ctx) override { on_updated(ctx); }
+    bool same(const Owner& other) const override {
+      return other.kind() == kind() && key != nullptr &&
+             static_cast<const RawOwner&>(other).key == key;
+    }
+    const void* kind() const noexcept override { return kind_of<RawOwner>(); }
+    const void* key;
+    std::function<void(Ctx&)> on_updated;
+  };
+
+  std::size_t add_group(std::vector<Parameter<P, B>> params, const ParamGroupOptions& group) {
+    Group g;
+    g.lr = group.lr.value_or(options_.lr);
+    g.weight_decay = group.weight_decay.value_or(options_.weight_decay);
+    PEFT_CHECK_ARG(g.lr >= 0 && std::isfinite(g.lr), "AdamW::add: group lr is ", g.lr,
+                   ", expected a finite value >= 0");
+    PEFT_CHECK_ARG(g.weight_decay >= 0, "AdamW::add: group weight_decay is ", g.weight_decay,
+                   ", expected >= 0");
+    for (auto& p : params) {
+      PEFT_CHECK_SHAPE(p.value.rows() == p.grad.rows() && p.value.cols() == p.grad.cols(),
+                       "AdamW::add: parameter ", p.name, " is ", shape_string(p.value),
+                       " but its gradient is ", shape_string(p.grad));
+      g.slots.push_back({p, Matrix<P, B>(p.value.rows(), p.value.cols()),
+                         Matrix<P, B>(p.value.rows(), p.value.cols())});
+    }
+    for (auto& s : g.slots)
+      g.tensors.push_back({s.param.value, as_const(s.param.grad), s.m.view(), s.v.view()});
+    groups_.push_back(std::move(g));
+    return groups_.size() - 1;
+  }
+
   struct Slot {
     Parameter<P, B> param;
     Matrix<P, B> m;
@@ -149,9 +217,9 @@ class AdamW {
       if (n == name) return true;
     return false;
   }
-  bool has_owner(const void* owner) const {
-    for (const auto& c : callbacks_)
-      if (c.first == owner) return true;
+  bool has_owner(const Owner& owner) const {
+    for (const auto& o : owners_)
+      if (o->same(owner)) return true;
     return false;
   }
   Group& at(std::size_t group) {
@@ -163,7 +231,7 @@ class AdamW {
 
   AdamWOptions options_;
   std::vector<Group> groups_;
-  std::vector<std::pair<const void*, std::function<void(Ctx&)>>> callbacks_;
+  std::vector<std::unique_ptr<Owner>> owners_;  // in registration order
   std::int64_t steps_ = 0;
 };
 

@@ -1,13 +1,16 @@
 #pragma once
 // Sparse primitives on the CPU: plain loops over CSR rows with OpenMP (row-major activations make
 // both products row-local, so no Eigen sparse types are needed), a transposition by counting
-// sort, and the deterministic top-k used to build RoSA masks.
+// sort, and the deterministic top-k used to build RoSA masks. Scratch comes from the Context's
+// workspace (the *_workspace_bytes functions say how much), so once the workspace is warm no call
+// allocates.
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
-#include <numeric>
+#include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "../../core/dtype.hpp"
 #include "../../core/sparse.hpp"
@@ -36,6 +39,8 @@ void sddmm_rows_streamed(Context<Cpu>& ctx, double alpha, MatrixView<TA, Cpu> a,
                          MatrixView<TB, Cpu> b, double beta, const CsrView<V, Cpu>& s) {
   using Acc = accum_t<V>;
   const index_t k = a.rows();
+  typename peft::detail::Workspace<Cpu>::Frame frame(ctx.workspace());
+  Acc* const sums = frame.take<Acc>(s.nnz);  // one sum per entry; each thread owns a range
 #pragma omp parallel num_threads(ctx.threads()) if (s.nnz * k > (index_t{1} << 16))
   {
     int threads = 1, id = 0;
@@ -45,7 +50,8 @@ void sddmm_rows_streamed(Context<Cpu>& ctx, double alpha, MatrixView<TA, Cpu> a,
 #endif
     const index_t e0 = s.nnz * id / threads, e1 = s.nnz * (id + 1) / threads;
     if (e0 < e1) {
-      std::vector<Acc> sum(static_cast<std::size_t>(e1 - e0), Acc(0));
+      Acc* const sum = sums + e0;
+      std::fill(sum, sum + (e1 - e0), Acc(0));
       // The rows of S that hold entries e0 .. e1 - 1.
       const index_t r0 =
           std::upper_bound(s.row_offsets, s.row_offsets + s.rows + 1, e0) - s.row_offsets - 1;
@@ -70,7 +76,34 @@ void sddmm_rows_streamed(Context<Cpu>& ctx, double alpha, MatrixView<TA, Cpu> a,
   }
 }
 
+/// Bytes a frame hands out for `count` elements of `size` bytes (rounded to its alignment).
+inline index_t scratch_bytes(index_t count, std::size_t size) {
+  constexpr index_t align = index_t(peft::detail::Workspace<Cpu>::alignment);
+  return (count * index_t(size) + align - 1) / align * align;
+}
+
 }  // namespace detail
+
+/// Workspace bytes one spmm call takes: for op = N, one row of Y (y_cols values) per thread in
+/// the accumulation type; nothing for op = T.
+template <class TY>
+index_t spmm_workspace_bytes(const Context<Cpu>& ctx, Op op, index_t y_cols) {
+  using A = accum_t<std::remove_const_t<TY>>;
+  return op == Op::N ? detail::scratch_bytes(index_t(ctx.threads()) * y_cols, sizeof(A)) : 0;
+}
+
+/// Workspace bytes one sddmm call takes: for op(A) = Aᵀ, op(B) = B, one sum per entry of S in
+/// the accumulation type; nothing otherwise.
+template <class V>
+index_t sddmm_workspace_bytes(const Context<Cpu>&, Op op_a, Op op_b, index_t nnz) {
+  using Acc = accum_t<std::remove_const_t<V>>;
+  return op_a == Op::T && op_b == Op::N ? detail::scratch_bytes(nnz, sizeof(Acc)) : 0;
+}
+
+/// Workspace bytes one csr_transpose_pattern call takes for S with `cols` columns.
+inline index_t csr_transpose_workspace_bytes(const Context<Cpu>&, index_t cols) {
+  return detail::scratch_bytes(cols, sizeof(std::int32_t));
+}
 
 /// Y = alpha X op(S) + beta Y for row-major X and Y and CSR S. The RoSA forward is op = T
 /// (y += x Sᵀ: each output element gathers one sparse row); op = N (dx += dy S) scatters each
@@ -88,10 +121,16 @@ void spmm(Context<Cpu>& ctx, double alpha, MatrixView<TX, Cpu> x, const SparseOp
   PEFT_CHECK_SHAPE(y.rows() == n, "spmm: Y has ", y.rows(), " rows, X has ", n);
   using A = accum_t<std::remove_const_t<TY>>;
   const A a = static_cast<A>(alpha), b = static_cast<A>(beta);
+  typename peft::detail::Workspace<Cpu>::Frame frame(ctx.workspace());
+  // op = N: one output row in the accumulation type per thread (a team has at most threads()).
+  A* const rows = op == Op::N ? frame.take<A>(index_t(ctx.threads()) * y.cols()) : nullptr;
 #pragma omp parallel num_threads(ctx.threads()) if (n * s.nnz > (index_t{1} << 16))
   {
-    std::vector<A> row;  // one output row in the accumulation type (op = N)
-    if (op == Op::N) row.resize(static_cast<std::size_t>(y.cols()));
+    int id = 0;
+#if defined(_OPENMP)
+    id = omp_get_thread_num();
+#endif
+    A* const row = rows == nullptr ? nullptr : rows + index_t(id) * y.cols();
 #pragma omp for schedule(static)
     for (index_t i = 0; i < n; ++i) {
       const TX* xi = x.data() + i * x.stride();
@@ -105,7 +144,7 @@ void spmm(Context<Cpu>& ctx, double alpha, MatrixView<TX, Cpu> x, const SparseOp
           yi[r] = convert_value<std::remove_const_t<TY>>(a * sum + old);
         }
       } else {
-        std::fill(row.begin(), row.end(), A(0));
+        std::fill(row, row + y.cols(), A(0));
         for (index_t r = 0; r < s.rows; ++r) {
           const A xr = convert_value<A>(xi[r]);
           if (xr == A(0)) continue;
@@ -190,7 +229,7 @@ void gather(Context<Cpu>& ctx, VectorView<TS, Cpu> src, VectorView<const std::in
 /// The pattern of Sᵀ from the pattern of S, and perm with values(Sᵀ)[k] = values(S)[perm[k]]
 /// (a counting sort by column; entries within a column stay sorted by row).
 template <class V>
-void csr_transpose_pattern(Context<Cpu>&, const CsrView<V, Cpu>& s,
+void csr_transpose_pattern(Context<Cpu>& ctx, const CsrView<V, Cpu>& s,
                            VectorView<std::int32_t, Cpu> t_row_offsets,
                            VectorView<std::int32_t, Cpu> t_col_indices,
                            VectorView<std::int32_t, Cpu> perm) {
@@ -201,7 +240,8 @@ void csr_transpose_pattern(Context<Cpu>&, const CsrView<V, Cpu>& s,
   for (index_t c = 0; c <= s.cols; ++c) t_row_offsets[c] = 0;
   for (index_t e = 0; e < s.nnz; ++e) ++t_row_offsets[s.col_indices[e] + 1];
   for (index_t c = 0; c < s.cols; ++c) t_row_offsets[c + 1] += t_row_offsets[c];
-  std::vector<std::int32_t> next(static_cast<std::size_t>(s.cols));
+  typename peft::detail::Workspace<Cpu>::Frame frame(ctx.workspace());
+  std::int32_t* const next = frame.take<std::int32_t>(s.cols);  // next free slot per column
   for (index_t c = 0; c < s.cols; ++c) next[c] = t_row_offsets[c];
   for (index_t r = 0; r < s.rows; ++r)
     for (index_t e = s.row_offsets[r]; e < s.row_offsets[r + 1]; ++e) {
@@ -229,7 +269,10 @@ void accumulate_squares(Context<Cpu>& ctx, double alpha, MatrixView<TS, Cpu> src
 
 /// The k entries of largest |score| as a CSR pattern (sorted columns per row), ties broken by
 /// the smaller flat index (row-major), so the result is deterministic. row_offsets has rows + 1
-/// elements, col_indices k.
+/// elements, col_indices k. A radix select on the bits of |score| as a double (monotonic for
+/// non-negative values) finds the k-th largest key in at most eight passes of 256 bins, stopping
+/// once the bits found so far single out exactly the keys still missing; one more pass keeps the
+/// larger keys and the first ties in row-major order. No scratch beyond the stack.
 template <class T>
 void topk_pattern(Context<Cpu>&, MatrixView<T, Cpu> scores, index_t k,
                   VectorView<std::int32_t, Cpu> row_offsets,
@@ -243,23 +286,42 @@ void topk_pattern(Context<Cpu>&, MatrixView<T, Cpu> scores, index_t k,
     for (index_t j = 0; j < cols; ++j)
       PEFT_CHECK(std::isfinite(convert_value<double>(scores(i, j))), ErrorKind::numeric,
                  "topk_pattern: score (", i, ", ", j, ") is not finite");
-  std::vector<std::int64_t> order(static_cast<std::size_t>(rows * cols));
-  std::iota(order.begin(), order.end(), std::int64_t{0});
-  auto key = [&](std::int64_t f) {
-    return std::abs(convert_value<double>(scores(f / cols, f % cols)));
+  auto key = [&](index_t i, index_t j) {
+    return std::bit_cast<std::uint64_t>(std::abs(convert_value<double>(scores(i, j))));
   };
-  auto before = [&](std::int64_t a, std::int64_t b) {
-    const double ka = key(a), kb = key(b);
-    return ka > kb || (ka == kb && a < b);
-  };
-  std::nth_element(order.begin(), order.begin() + k, order.end(), before);
-  std::sort(order.begin(), order.begin() + k);  // row-major order = CSR order
   for (index_t r = 0; r <= rows; ++r) row_offsets[r] = 0;
-  for (index_t e = 0; e < k; ++e) {
-    ++row_offsets[order[e] / cols + 1];
-    col_indices[e] = static_cast<std::int32_t>(order[e] % cols);
+  if (k == 0) return;
+
+  // The threshold, 8 bits at a time from the top. Invariant: the keys whose bits under `known`
+  // are above `prefix` are in the top k, and `ties` more come from those equal to `prefix` there
+  // (at least `ties` of them exist).
+  std::uint64_t prefix = 0, known = 0;
+  index_t ties = k;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    std::array<index_t, 256> count{};
+    for (index_t i = 0; i < rows; ++i)
+      for (index_t j = 0; j < cols; ++j) {
+        const std::uint64_t v = key(i, j);
+        if ((v & known) == prefix) ++count[(v >> shift) & 0xFF];
+      }
+    std::size_t digit = 255;
+    for (; digit > 0 && count[digit] < ties; --digit) ties -= count[digit];
+    prefix |= std::uint64_t(digit) << shift;
+    known |= std::uint64_t(0xFF) << shift;
+    if (count[digit] == ties) break;  // every key left under this prefix is in the top k
   }
-  for (index_t r = 0; r < rows; ++r) row_offsets[r + 1] += row_offsets[r];
+
+  index_t e = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t j = 0; j < cols; ++j) {
+      const std::uint64_t v = key(i, j) & known;
+      if (v > prefix || (v == prefix && ties > 0)) {
+        if (v == prefix) --ties;
+        col_indices[e++] = static_cast<std::int32_t>(j);
+      }
+    }
+    row_offsets[i + 1] = static_cast<std::int32_t>(e);
+  }
 }
 
 }  // namespace cpu
