@@ -19,7 +19,9 @@
 #include "adapters/rosa.hpp"
 #include "sparse/csr.hpp"
 
-#include "io/adapter_set.hpp"
+#include "model/adapter_set.hpp"
+#include "model/base_model.hpp"
+
 #include "io/peft_format.hpp"
 #include "io/safetensors.hpp"
 

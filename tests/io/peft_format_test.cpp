@@ -19,6 +19,7 @@ namespace {
 using FLora = Lora<float, Cpu>;
 
 using json = nlohmann::ordered_json;
+using Dropout = decltype(LoraConfig::dropout);  // float or double
 
 /// A few frozen layers of different shapes, owned, by module name.
 template <class T>
@@ -47,7 +48,7 @@ const std::vector<std::string> kModules = {
 /// LoRA over every module of `base`: ranks {4, 4, 2, 6}, alphas {8, 3, 8, 8}, random A and B.
 template <class T>
 AdapterSet<T, Cpu> make_set(HostCtx& ctx, const Base<T>& base, bool rslora = false,
-                            float dropout = 0.1f, std::uint64_t seed = 7) {
+                            Dropout dropout = 0.1, std::uint64_t seed = 7) {
   const index_t ranks[] = {4, 4, 2, 6};
   const double alphas[] = {8, 3, 8, 8};
   AdapterSet<T, Cpu> set;
@@ -106,7 +107,7 @@ TEST(PeftFormat, RoundTripIsBitIdenticalWithPatternsAndRsLora) {
     for (const auto& name : kModules) {
       const auto& l = loaded.get<FLora>(name);
       EXPECT_EQ(l.options().stream_id, fnv1a32(name));
-      EXPECT_EQ(l.config().dropout, 0.1f);
+      EXPECT_EQ(l.config().dropout, Dropout(0.1));
       EXPECT_EQ(l.config().use_rslora, rslora);
       EXPECT_FALSE(l.training());  // loaded for inference unless asked
       EXPECT_EQ(l.config().init, LoraInit::none);
@@ -262,7 +263,7 @@ TEST(PeftFormat, ConfigResolvesPerModule) {
     "alpha_pattern": {"model.layers.0.self_attn.q_proj": 7.5}})");
   const auto c = LoraAdapterConfig::from_json(j, "cfg");
   EXPECT_EQ(c.r, 8);
-  EXPECT_EQ(c.lora_dropout, 0.05f);
+  EXPECT_EQ(c.lora_dropout, Dropout(0.05));
   const auto q0 = c.for_module("model.layers.0.self_attn.q_proj");
   EXPECT_EQ(q0.r, 2);
   EXPECT_EQ(q0.alpha, 7.5);
@@ -347,8 +348,8 @@ TEST(PeftFormat, FailedSavesLeaveTheOldAdapter) {
 
   // Refused before anything is written: layers that PEFT's config cannot describe.
   AdapterSet<float, Cpu> mixed;
-  mixed.add_lora(ctx, kModules[0], base.model.at(kModules[0]), {.dropout = 0.1f});
-  mixed.add_lora(ctx, kModules[1], base.model.at(kModules[1]), {.dropout = 0.2f});
+  mixed.add_lora(ctx, kModules[0], base.model.at(kModules[0]), {.dropout = 0.1});
+  mixed.add_lora(ctx, kModules[1], base.model.at(kModules[1]), {.dropout = 0.2});
   expect_error([&] { save_adapter(dir.path(), mixed, ctx); }, ErrorKind::invalid_argument,
                {kModules[1], "lora_dropout, use_rslora or fan_in_fan_out"});
   AdapterSet<float, Cpu> empty;
@@ -366,6 +367,21 @@ TEST(PeftFormat, FailedSavesLeaveTheOldAdapter) {
   EXPECT_EQ(read_file(dir / "adapter_model.safetensors"), weights);
   EXPECT_TRUE(temp_files(dir.path()).empty());
   EXPECT_NO_THROW(load_adapter(dir.path(), base.model, ctx));
+}
+
+TEST(PeftFormat, RefusesAnotherMethodsOptionsAndMixedInits) {
+  HostCtx ctx;
+  Base<float> base(kModules);
+  auto set = make_set(ctx, base);
+  TempDir dir;
+  expect_error([&] { save_adapter(dir.path(), set, ctx, {}, RosaSaveOptions{}); },
+               ErrorKind::invalid_argument, {"options given are for another adapter type", "LoRA"});
+  AdapterSet<float, Cpu> inits;
+  inits.add_lora(ctx, kModules[0], base.model.at(kModules[0]), {.init = LoraInit::gaussian});
+  inits.add_lora(ctx, kModules[1], base.model.at(kModules[1]), {.init = LoraInit::none});
+  expect_error([&] { save_adapter(dir.path(), inits, ctx); }, ErrorKind::invalid_argument,
+               {kModules[1], "init_lora_weights"});
+  EXPECT_TRUE(fs::is_empty(dir.path()));
 }
 
 TEST(PeftFormat, AtomicFileIsAllOrNothing) {
@@ -398,8 +414,8 @@ TEST(PeftFormat, SaveKilledAtAnyMomentNeverLoadsAMixture) {
   HostCtx ctx;
   Base<float> base(kModules, 64);
   std::vector<AdapterSet<float, Cpu>> versions;
-  versions.push_back(make_set(ctx, base, false, 0.1f, 1));
-  versions.push_back(make_set(ctx, base, true, 0.1f, 2));
+  versions.push_back(make_set(ctx, base, false, 0.1, 1));
+  versions.push_back(make_set(ctx, base, true, 0.1, 2));
   TempDir dir;
   save_adapter(dir.path(), versions[0], ctx);
   std::mt19937 gen(3);

@@ -115,7 +115,7 @@ TEST(PeftGolden, RankAndAlphaPatternsWithRsLora) {
   EXPECT_EQ(set.get<FLora>("model.layers.0.self_attn.q_proj").config().alpha, 12);
   EXPECT_EQ(set.get<FLora>("model.layers.0.self_attn.o_proj").config().alpha, 5.5);
   EXPECT_EQ(set.get<FLora>("model.layers.1.self_attn.o_proj").config().alpha, 8);
-  EXPECT_EQ(q2.config().dropout, 0.1f);
+  EXPECT_EQ(q2.config().dropout, decltype(LoraConfig::dropout)(0.1));
   EXPECT_TRUE(q2.config().use_rslora);
 }
 

@@ -20,6 +20,7 @@ namespace {
 
 using json = nlohmann::ordered_json;
 using FRosa = Rosa<float, Cpu>;
+using Dropout = decltype(LoraConfig::dropout);  // float or double
 using BRosa = Rosa<Eigen::bfloat16, Cpu>;
 
 /// Frozen layers of the given [out, in] shapes, owned, by module name.
@@ -99,7 +100,7 @@ AdapterSet<T, Cpu> make_set(HostCtx& ctx, const Base<T>& base, std::vector<bool>
   for (std::size_t i = 0; i < base.names.size(); ++i) {
     auto& layer = set.add_rosa(
         ctx, base.names[i], base.model.at(base.names[i]),
-        {.lora = {.r = ranks[i % 4], .alpha = alphas[i % 4], .dropout = 0.05f, .seed = 3},
+        {.lora = {.r = ranks[i % 4], .alpha = alphas[i % 4], .dropout = 0.05, .seed = 3},
          .density = densities[i % 4],
          .forward = forward});
     if (masked[i % masked.size()])
@@ -131,8 +132,8 @@ void expect_same_layers(HostCtx& ctx, AdapterSet<T, Cpu>& a, AdapterSet<T, Cpu>&
     auto& lb = b.template get<Rosa<T, Cpu>>(name);
     EXPECT_EQ(la.has_mask(), lb.has_mask()) << name;
     EXPECT_EQ(la.sparse().nnz(), lb.sparse().nnz()) << name;
-    EXPECT_EQ(la.lora().scaling(), lb.lora().scaling()) << name;
-    EXPECT_EQ(la.lora().rank(), lb.lora().rank()) << name;
+    EXPECT_EQ(la.scaling(), lb.scaling()) << name;
+    EXPECT_EQ(la.rank(), lb.rank()) << name;
     EXPECT_EQ(la.forward_mode(), lb.forward_mode()) << name;
     if (la.has_mask()) {
       const auto sa = la.sparse().view(), sb = lb.sparse().view();
@@ -163,14 +164,15 @@ TEST(RosaFormat, RoundTripWithMasksIsBitIdentical) {
   Base<float> base(kModules, kShapes);
   auto set = make_set(ctx, base, {true});
   TempDir dir;
-  save_adapter(dir.path(), set, ctx, {.task_type = "CAUSAL_LM", .rosa = {.schedule = "wl64"}});
+  save_adapter(dir.path(), set, ctx, {.task_type = "CAUSAL_LM"},
+               RosaSaveOptions{.schedule = "wl64"});
   auto loaded = load_adapter(dir.path(), base.model, ctx);
   expect_same_parameters(set, loaded);
   expect_same_layers(ctx, set, loaded);
   for (const auto& name : kModules) {
     const auto& l = loaded.get<FRosa>(name);
-    EXPECT_EQ(l.lora().options().stream_id, module_stream_id(name));
-    EXPECT_EQ(l.lora().config().dropout, 0.05f);
+    EXPECT_EQ(l.options().stream_id, module_stream_id(name));
+    EXPECT_EQ(l.config().lora.dropout, Dropout(0.05));
     EXPECT_EQ(l.sparse_capacity(), set.get<FRosa>(name).sparse_capacity());
   }
   EXPECT_EQ(loaded.parameters()[2].name, kModules[0] + ".rosa_S");
@@ -209,10 +211,8 @@ TEST(RosaFormat, RoundTripWithMasksIsBitIdentical) {
     const index_t out = layer.out_features(), in = layer.in_features();
     const index_t nnz = layer.sparse().nnz();
     EXPECT_EQ(nnz, index_t(0.1 * (i == 2 ? 2 : 1) * double(out * in)));
-    EXPECT_EQ(r.info(key(m, "rosa_A.weight")).shape,
-              (std::vector<index_t>{layer.lora().rank(), in}));
-    EXPECT_EQ(r.info(key(m, "rosa_B.weight")).shape,
-              (std::vector<index_t>{out, layer.lora().rank()}));
+    EXPECT_EQ(r.info(key(m, "rosa_A.weight")).shape, (std::vector<index_t>{layer.rank(), in}));
+    EXPECT_EQ(r.info(key(m, "rosa_B.weight")).shape, (std::vector<index_t>{out, layer.rank()}));
     const auto& values = r.info(key(m, "rosa_spa.values"));
     EXPECT_EQ(values.dtype, SafetensorsDtype::F32);
     EXPECT_EQ(values.shape, std::vector<index_t>{nnz});
@@ -383,8 +383,8 @@ TEST(RosaFormat, DimensionsBeyondInt16UseTheInt32Extension) {
   randomise(ctx, set, 13);
   expect_error(
       [&] {
-        save_adapter("/nonexistent/never", set, ctx,
-                     {.rosa = {.index_dtype = SafetensorsDtype::I16}});
+        save_adapter("/nonexistent/never", set, ctx, {},
+                     RosaSaveOptions{.index_dtype = SafetensorsDtype::I16});
       },
       ErrorKind::invalid_argument, {"32768", "int16"});
   TempDir dir;
@@ -409,7 +409,7 @@ TEST(RosaFormat, DimensionsBeyondInt16UseTheInt32Extension) {
   AdapterSet<float, Cpu> small;
   small.add_rosa(ctx, "small", base.model.at("small"), {.lora = {.r = 1}, .density = 0.5});
   TempDir wide, narrow;
-  save_adapter(wide.path(), small, ctx, {.rosa = {.index_dtype = SafetensorsDtype::I32}});
+  save_adapter(wide.path(), small, ctx, {}, RosaSaveOptions{.index_dtype = SafetensorsDtype::I32});
   save_adapter(narrow.path(), small, ctx);
   EXPECT_EQ(json::parse(read_text(wide / "adapter_config.json"))[kRosaIndexDtypeKey], "int32");
   EXPECT_FALSE(json::parse(read_text(narrow / "adapter_config.json")).contains(kRosaIndexDtypeKey));
@@ -419,7 +419,8 @@ TEST(RosaFormat, DimensionsBeyondInt16UseTheInt32Extension) {
   }
   expect_error(
       [&] {
-        save_adapter(wide.path(), small, ctx, {.rosa = {.index_dtype = SafetensorsDtype::I64}});
+        save_adapter(wide.path(), small, ctx, {},
+                     RosaSaveOptions{.index_dtype = SafetensorsDtype::I64});
       },
       ErrorKind::invalid_argument, {"I64"});
 }
@@ -688,13 +689,13 @@ TEST(RosaFormat, LoadsTheReferenceLayoutAndReproducesItsWeights) {
   for (std::size_t i = 0; i < ref.modules.size(); ++i) {
     const RefModule& m = ref.modules[i];
     auto& layer = set.get<FRosa>(m.name);
-    EXPECT_EQ(layer.lora().rank(), m.r) << m.name;
-    EXPECT_EQ(layer.lora().scaling(), m.alpha / double(m.r)) << m.name;
+    EXPECT_EQ(layer.rank(), m.r) << m.name;
+    EXPECT_EQ(layer.scaling(), m.alpha / double(m.r)) << m.name;
     EXPECT_EQ(layer.has_mask(), m.pattern.has_value()) << m.name;
     EXPECT_EQ(layer.sparse_capacity(), m.nnz) << m.name;
     EXPECT_EQ(layer.forward_mode(), RosaForward::spmm);
-    EXPECT_EQ(layer.lora().config().dropout, 0.05f);
-    EXPECT_FALSE(layer.lora().training());
+    EXPECT_EQ(layer.config().lora.dropout, Dropout(0.05));
+    EXPECT_FALSE(layer.training());
 
     // W0 + S + s B A, densely in double, from the reference's arrays.
     const MatrixView<const float, Cpu> w0 = base.model.at(m.name).weight;

@@ -1,9 +1,13 @@
-// AdapterSet: insertion order, stream ids from module names, qualified parameter names, the
-// whole-set operations (zero_grad, training mode, merge/unmerge) and an optimizer over it.
+// AdapterSet: layers of every listed type built by add<Method>, insertion order, stream ids
+// from module names, qualified parameter names, the whole-set operations (zero_grad, training
+// mode, merge/unmerge) and an optimizer over it.
 
 #include <gtest/gtest.h>
 
-#include "io/io_test_util.hpp"
+#include <type_traits>
+#include <variant>
+
+#include "util/test_util.hpp"
 
 namespace peft::test {
 namespace {
@@ -186,7 +190,7 @@ TEST(AdapterSet, HoldsRosaLayers) {
   expect_error([&] { set.add_rosa(ctx, "lm_head", model.base.at("lm_head"), {}); },
                ErrorKind::invalid_argument, {"'lm_head' already has an adapter"});
   auto& head = set.get<FRosa>("lm_head");
-  EXPECT_EQ(head.lora().options().stream_id, fnv1a32("lm_head"));
+  EXPECT_EQ(head.options().stream_id, fnv1a32("lm_head"));
   EXPECT_EQ(head.sparse_capacity(), 10);  // int(0.25 * 7 * 6)
   const auto params = set.parameters();
   ASSERT_EQ(params.size(), 9u);
@@ -218,6 +222,31 @@ TEST(AdapterSet, HoldsRosaLayers) {
   EXPECT_NE(delta.view()(2, 0), 0.0f);
   EXPECT_EQ(set.unmerge(ctx, model.mutable_weights), 3);
   EXPECT_LT(relative_error(as_const(model.weights[2].view()), as_const(original.view())), 1e-6);
+}
+
+TEST(AdapterSet, HoldsEveryListedTypeThroughAdd) {
+  // The variant's alternatives are the layers of AdapterFormats, in order.
+  static_assert(std::variant_size_v<AnyAdapter<float, Cpu>> == AdapterFormats::size);
+  static_assert(std::is_same_v<std::variant_alternative_t<0, AnyAdapter<float, Cpu>>, FLora>);
+  static_assert(std::is_same_v<std::variant_alternative_t<1, AnyAdapter<float, Cpu>>, FRosa>);
+  static_assert(AdapterFormats::has_layer<FRosa, float, Cpu>);
+  static_assert(!AdapterFormats::has_layer<Lora<double, Cpu>, float, Cpu>);
+
+  HostCtx ctx;
+  TinyModel model;
+  AdapterSet<float, Cpu> set;
+  auto& lora = set.add<Lora>(ctx, model.names[0], model.base.at(model.names[0]), {.r = 3});
+  auto& rosa = set.add<Rosa>(ctx, model.names[1], model.base.at(model.names[1]),
+                             {.lora = {.r = 2}, .density = 0.5});
+  EXPECT_EQ(&lora, &set.get<FLora>(model.names[0]));
+  EXPECT_EQ(&rosa, &set.get<FRosa>(model.names[1]));
+  EXPECT_EQ(lora.rank(), 3);
+  EXPECT_EQ(rosa.sparse_capacity(), 10);  // int(0.5 * 4 * 5)
+  EXPECT_EQ(rosa.options().stream_id, module_stream_id(model.names[1]));
+  EXPECT_EQ(set.at(model.names[0]).index(), 0u);
+  EXPECT_EQ(set.at(model.names[1]).index(), 1u);
+  expect_error([&] { set.add<Lora>(ctx, model.names[1], model.base.at(model.names[1]), {}); },
+               ErrorKind::invalid_argument, {"already has an adapter"});
 }
 
 }  // namespace

@@ -3,14 +3,14 @@
 // "model.layers.0.self_attn.q_proj"), in insertion order. It is what a trainer hands to the
 // optimizer and what save_adapter / load_adapter write and read.
 //
-// Layers are held in a std::variant (AnyAdapter) over the adapter types the checkpoint format
-// knows (LoRA and RoSA); adding a type means adding it to AnyAdapter and to peft_format.hpp. Every
+// Layers are held in a std::variant (AnyAdapter) over the adapter types of AdapterFormats
+// (adapter_types.hpp); adding a type there adds it here and to the checkpoint code. Every
 // alternative models the Adapter concept, which is all the set's own operations use. Layers
 // live on the heap and never move, so references to them (an optimizer holds some) stay valid
 // while the set lives, also when the set itself is moved.
 //
-// Like the adapters, the set is generic over the backend: include <peft/peft.hpp> for the CPU,
-// or <peft/cuda.hpp> in .cu files for AdapterSet<T, Cuda>.
+// Like the adapters, the set is generic over the backend: include <peft/peft.hpp> for the CPU;
+// for AdapterSet<T, Cuda>, include <peft/cuda.hpp> and this header in .cu files.
 
 #include <cstdint>
 #include <functional>
@@ -24,8 +24,8 @@
 #include <vector>
 
 #include "../adapters/adapter.hpp"
-#include "../adapters/lora.hpp"
-#include "../adapters/rosa.hpp"
+#include "adapter_types.hpp"
+#include "base_model.hpp"
 
 namespace peft {
 
@@ -45,32 +45,9 @@ inline constexpr std::uint32_t module_stream_id(std::string_view module) noexcep
   return fnv1a32(module);
 }
 
-/// A frozen linear layer of the base model: weight [out, in] ([in, out] for GPT-2's Conv1D,
-/// with fan_in_fan_out) and an optional bias of out elements. Views: not owned.
-template <class T, class B>
-struct BaseLinear {
-  MatrixView<const T, B> weight;
-  VectorView<const T, B> bias = {};
-
-  BaseLinear() = default;
-  BaseLinear(MatrixView<const T, B> w, VectorView<const T, B> b = {})  // NOLINT: implicit
-      : weight(w), bias(b) {}
-  BaseLinear(MatrixView<T, B> w, VectorView<const T, B> b = {})  // NOLINT: implicit
-      requires(!std::is_const_v<T>)
-      : weight(w), bias(b) {}
-};
-
-/// The frozen layers of a base model by module name.
-template <class T, class B>
-using BaseModel = std::map<std::string, BaseLinear<T, B>, std::less<>>;
-
-/// Mutable frozen weights by module name (merge and unmerge write into them).
-template <class T, class B>
-using WeightMap = std::map<std::string, MatrixView<T, B>, std::less<>>;
-
-/// Every adapter type a set (and the checkpoint format) can hold.
-template <class T, class B>
-using AnyAdapter = std::variant<Lora<T, B>, Rosa<T, B>>;
+/// The configuration type of layer type L (LoraConfig for Lora<T, B>, ...).
+template <class L>
+using layer_config_t = std::remove_cvref_t<decltype(std::declval<const L&>().config())>;
 
 template <class T, class B>
 class AdapterSet {
@@ -89,22 +66,29 @@ class AdapterSet {
 
   // ---- building ---------------------------------------------------------------------------
 
-  /// Adds a LoRA layer for `module` over `base`, with stream_id = module_stream_id(module).
-  Lora<T, B>& add_lora(Ctx& ctx, std::string module, const BaseLinear<T, B>& base,
-                       const LoraConfig& config) {
-    check_new_module("AdapterSet::add_lora", module);
+  /// Adds a layer of method M (peft::Lora, peft::Rosa, ...) for `module` over `base`, with
+  /// stream_id = module_stream_id(module):  set.add<peft::Lora>(ctx, name, base, {.r = 16}).
+  template <template <class, class> class M>
+  M<T, B>& add(Ctx& ctx, std::string module, const BaseLinear<T, B>& base,
+               const layer_config_t<M<T, B>>& config) {
+    static_assert(AdapterFormats::has_layer<M<T, B>, T, B>,
+                  "AdapterSet::add<M>: M is not among AdapterFormats (model/adapter_types.hpp)");
+    check_new_module("AdapterSet::add", module);
     const LayerOptions options{.stream_id = module_stream_id(module)};
-    return emplace<Lora<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
+    return emplace<M<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
   }
 
-  /// Adds a RoSA layer for `module` over `base`, with stream_id = module_stream_id(module). Its
-  /// parameters are "<module>.lora_A", "<module>.lora_B" and "<module>.rosa_S"; it has no mask
-  /// until one is set (Rosa::set_mask, or a RosaMaskBuilder).
+  /// add<Lora>.
+  Lora<T, B>& add_lora(Ctx& ctx, std::string module, const BaseLinear<T, B>& base,
+                       const LoraConfig& config) {
+    return add<Lora>(ctx, std::move(module), base, config);
+  }
+
+  /// add<Rosa>. Its parameters are "<module>.lora_A", "<module>.lora_B" and "<module>.rosa_S";
+  /// it has no mask until one is set (Rosa::set_mask, or a RosaMaskBuilder).
   Rosa<T, B>& add_rosa(Ctx& ctx, std::string module, const BaseLinear<T, B>& base,
                        const RosaConfig& config) {
-    check_new_module("AdapterSet::add_rosa", module);
-    const LayerOptions options{.stream_id = module_stream_id(module)};
-    return emplace<Rosa<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
+    return add<Rosa>(ctx, std::move(module), base, config);
   }
 
   /// Adds a layer built elsewhere (moved in). Its stream_id is the caller's choice.

@@ -1,0 +1,105 @@
+#pragma once
+// The two files of an adapter checkpoint, whatever its adapter type (Hugging Face PEFT's
+// layout):
+//
+//   adapter_config.json        {"peft_type": "LORA", ...}: which format, and its fields
+//   adapter_model.safetensors  the tensors, named base_model.model.<module>.<tensor>
+//
+// Both files are written atomically (temporary file, fsync, rename). They are tied together:
+// the SHA-256 of the exact bytes of adapter_config.json is stored in the safetensors metadata
+// under "peft_cpp_config_sha256" (what `sha256sum adapter_config.json` prints), so a config
+// and weights from two different saves (e.g. a save interrupted between its two renames) are
+// detected on load. Files without the key (PEFT writes none) are accepted.
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint_options.hpp"
+#include "file.hpp"
+#include "json.hpp"
+#include "safetensors.hpp"
+#include "sha256.hpp"
+
+namespace peft {
+
+inline constexpr const char* kAdapterConfigName = "adapter_config.json";
+inline constexpr const char* kAdapterWeightsName = "adapter_model.safetensors";
+/// safetensors metadata key holding the SHA-256 (hex) of adapter_config.json's bytes.
+inline constexpr const char* kAdapterConfigHashKey = "peft_cpp_config_sha256";
+
+/// adapter_config.json as read: the text (hashed), the JSON in the file's key order, and
+/// peft_type.
+struct AdapterConfigFile {
+  std::string text;
+  nlohmann::ordered_json json;
+  std::string peft_type;
+};
+
+/// Reads and parses `<dir>/adapter_config.json`.
+inline AdapterConfigFile read_adapter_config(const std::filesystem::path& dir,
+                                             std::uint64_t max_bytes = std::uint64_t{16} << 20) {
+  const std::filesystem::path path = dir / kAdapterConfigName;
+  AdapterConfigFile config;
+  config.text = detail::read_file_text(path, max_bytes);
+  std::string error;
+  PEFT_CHECK(detail::parse_json_ordered(config.text, 64, config.json, error), ErrorKind::io,
+             detail::quoted(path), ": ", error);
+  PEFT_CHECK(config.json.is_object(), ErrorKind::io, detail::quoted(path),
+             ": expected a JSON object, got ", config.json.type_name());
+  const auto type = config.json.find("peft_type");
+  PEFT_CHECK(type != config.json.end() && type->is_string(), ErrorKind::io, detail::quoted(path),
+             ": no peft_type string");
+  config.peft_type = type->get<std::string>();
+  return config;
+}
+
+namespace detail {
+
+/// Opens `<dir>/adapter_model.safetensors` and checks the config hash it records (if any).
+inline SafetensorsReader open_adapter_weights(const std::filesystem::path& dir,
+                                              const AdapterConfigFile& file,
+                                              const LoadOptions& options) {
+  SafetensorsReader reader =
+      SafetensorsReader::open(dir / kAdapterWeightsName, {.access = options.access});
+  if (options.verify_config_hash) {
+    const auto it = reader.metadata().find(kAdapterConfigHashKey);
+    if (it != reader.metadata().end()) {
+      const std::string actual = sha256_hex(file.text);
+      PEFT_CHECK(it->second == actual, ErrorKind::io, "load_adapter: ", quoted(dir), ": ",
+                 kAdapterConfigName, " (SHA-256 ", actual, ") is not the config ",
+                 kAdapterWeightsName, " was saved with (", it->second,
+                 "): the two files come from different saves (an interrupted save?)");
+    }
+  }
+  return reader;
+}
+
+/// Writes the two files atomically: both go to temporary files and are flushed first, then
+/// the weights are renamed into place, then the config. A crash between the renames leaves new
+/// weights (holding the new config's hash) beside the old config: load refuses the pair.
+inline void commit_adapter_files(const std::filesystem::path& dir, const std::string& config,
+                                 SafetensorsWriter& weights) {
+  weights.set_metadata("format", "pt");
+  weights.set_metadata(kAdapterConfigHashKey, sha256_hex(config));
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  PEFT_CHECK(!error, ErrorKind::io, "save_adapter: cannot create ", quoted(dir), ": ",
+             error.message());
+  AtomicFile weights_file(dir / kAdapterWeightsName);
+  weights.write_to([&](std::span<const std::byte> bytes) { weights_file.write(bytes); });
+  weights_file.finish();
+  AtomicFile config_file(dir / kAdapterConfigName);
+  config_file.write(config);
+  config_file.finish();
+  weights_file.commit();
+  config_file.commit();
+  sync_directory(dir);
+}
+
+}  // namespace detail
+}  // namespace peft

@@ -1,0 +1,43 @@
+#pragma once
+// The options of save_adapter and load_adapter that hold for every adapter type. A method's own
+// save options (RosaSaveOptions, ...) come with its format (io/<method>_format.hpp).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "safetensors.hpp"
+
+namespace peft {
+
+struct SaveOptions {
+  /// Dtype of the saved parameters: F32, F16, BF16 or F64. Default: the parameters' own type
+  /// (F32, or F64 for a double model), so nothing is rounded unless asked for.
+  std::optional<SafetensorsDtype> dtype = std::nullopt;
+  /// adapter_config.json fields; empty strings are written as null.
+  std::string base_model_name_or_path = {};
+  std::string revision = {};
+  std::string task_type = {};  // e.g. "CAUSAL_LM"
+  /// target_modules; default: the full names of the set's modules.
+  std::optional<std::vector<std::string>> target_modules = std::nullopt;
+};
+
+/// The save options of a method that has none of its own.
+struct NoMethodOptions {};
+
+struct LoadOptions {
+  SafetensorsAccess access = SafetensorsAccess::mmap;
+  /// LoraConfig::seed of the loaded layers (their dropout streams).
+  std::uint64_t seed = 0;
+  /// Training mode of the loaded layers; PEFT's from_pretrained loads for inference too.
+  bool training = false;
+  /// Refuse a config whose SHA-256 differs from the one recorded in the weights' metadata.
+  bool verify_config_hash = true;
+  /// Overrides the config's fan_in_fan_out (PEFT itself corrects it per layer by module
+  /// type, which the file does not record).
+  std::optional<bool> fan_in_fan_out = std::nullopt;
+  std::uint64_t max_config_bytes = std::uint64_t{16} << 20;
+};
+
+}  // namespace peft
