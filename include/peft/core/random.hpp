@@ -102,6 +102,30 @@ PEFT_HOST_DEVICE inline float uniform_symmetric(std::uint32_t bits, float bound)
   return (2.0f * uniform01(bits) - 1.0f) * bound;
 }
 
+/// A seeded family of random matrices with i.i.d. U(-bound, bound) entries that is never stored
+/// (NOLA's bases): entry `element` (flat row-major index) of member `index` is
+/// uniform_symmetric(bits(element)) of the stream (seed, stream_id, purpose, step = index).
+/// Integer draws and one IEEE product: every backend and every dtype (converted exactly from the
+/// float) sees the same values.
+struct RandomBasis {
+  std::uint64_t seed = 0;
+  std::uint32_t stream_id = 0;
+  std::uint32_t purpose = 0;
+  float bound = 1;
+
+  PEFT_HOST_DEVICE RandomStream member(std::uint32_t index) const {
+    return RandomStream{seed, stream_id, purpose, index, 0};
+  }
+  PEFT_HOST_DEVICE float entry(std::uint32_t index, std::uint64_t element) const {
+    return uniform_symmetric(member(index).bits(element), bound);
+  }
+};
+
+inline RandomBasis make_basis(std::uint64_t seed, std::uint32_t stream_id, RandomPurpose purpose,
+                              float bound) {
+  return RandomBasis{seed, stream_id, static_cast<std::uint32_t>(purpose), bound};
+}
+
 /// Standard normal pair by Box-Muller, host only: libm differs between host and device, so
 /// normal initialisations are drawn on the host (DESIGN.md §5). Uses elements 2i and 2i + 1.
 inline double normal_from_stream(const RandomStream& s, std::uint64_t index) {

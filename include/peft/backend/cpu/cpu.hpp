@@ -5,5 +5,6 @@
 #include "dense.hpp"
 #include "eigen_interop.hpp"
 #include "elementwise.hpp"
+#include "nola.hpp"
 #include "sparse.hpp"
 #include "transfer.hpp"

@@ -7,5 +7,6 @@
 #include "dense.cuh"
 #include "dtype.cuh"
 #include "elementwise.cuh"
+#include "nola.cuh"
 #include "sparse.cuh"
 #include "transfer.cuh"
