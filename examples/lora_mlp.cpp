@@ -17,6 +17,9 @@
 //                   top entries of those gradients; then A, B and S train together, S with its
 //                   own learning rate (an AdamW group of its own).
 //   --adapter both  both, one after the other on the same frozen base, compared in the summary.
+//   --adapter adalora  peft::AdaLora: rank 12 per layer, pruned by peft::RankAllocator to 8 on
+//                   average across the layers; prints the final rank of each layer.
+//   --adapter all   LoRA, RoSA and AdaLoRA side by side.
 //
 // Task B's shift is purely low rank (rank 8): LoRA and RoSA both reach about 95% there. Task C
 // needs a rank-6 change plus large single weights for 20 alarm features (tasks.hpp): with the
@@ -50,6 +53,8 @@ using Lora = peft::Lora<float, peft::Cpu>;
 using Rosa = peft::Rosa<float, peft::Cpu>;
 using AdamW = peft::AdamW<float, peft::Cpu>;
 using MaskBuilder = peft::RosaMaskBuilder<float, peft::Cpu>;
+using AdaLora = peft::AdaLora<float, peft::Cpu>;
+using RankAllocator = peft::RankAllocator<float, peft::Cpu>;
 
 constexpr index_t kTrainSize = 16384;
 constexpr index_t kTestSize = 4096;
@@ -57,6 +62,9 @@ constexpr index_t kTestSize = 4096;
 struct Options {
   bool lora = true;
   bool rosa = false;
+  bool adalora = false;
+  index_t adalora_init_r = 12;   // AdaLoRA's rank before pruning
+  index_t adalora_target_r = 8;  // its average rank per layer at the end
   char task = 'C';
   int epochs = 6;
   index_t rank = 8;       // LoRA's rank; sets the budget of both adapters
@@ -156,6 +164,7 @@ struct RosaHooks {
   void before_step(Ctx& ctx, std::int64_t step) {
     if (schedule.phase(step) == peft::RosaSchedule::Phase::collect_gradients) builder->start(ctx);
   }
+  void before_update(Ctx&, std::int64_t) {}
   void after_step(Ctx& ctx, std::int64_t step) {
     if (!builder->collecting()) return;
     builder->finish(ctx);  // installs every layer's mask; S starts at zero
@@ -231,17 +240,78 @@ Result run_rosa(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& ba
   return r;
 }
 
+// AdaLoRA: every optimizer step, after the update, the allocator scores each rank of every
+// layer and zeroes E where the budget (12 ranks per layer at first, 8 on average at the end)
+// has no room; the orthogonal regulariser's gradient joins before the update. The final rank
+// pattern is printed per layer.
+struct AdaLoraHooks : NoHooks {
+  RankAllocator* allocator = nullptr;
+  std::vector<AdaLora*> layers;
+  double orth_reg_weight = 0.5;  // PEFT's default
+
+  void before_update(Ctx& ctx, std::int64_t) {
+    peft::add_orthogonal_regularization(ctx, layers, orth_reg_weight);
+  }
+  void after_step(Ctx& ctx, std::int64_t step) { allocator->update_and_allocate(ctx, step); }
+};
+
+Result run_adalora(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& batch,
+                   const Options& o) {
+  std::vector<AdaLora> adapted;
+  for (std::uint32_t i = 0; i < base.size(); ++i)
+    adapted.emplace_back(ctx, base[i].weight(),
+                         peft::AdaLoraConfig{.init_r = o.adalora_init_r,
+                                             .alpha = 2.0 * double(o.adalora_init_r),
+                                             .dropout = 0.05,
+                                             .seed = o.seed},
+                         peft::LayerOptions{.stream_id = i + 1}, base[i].bias());
+  const std::int64_t steps_per_epoch = (kTrainSize + kBatch - 1) / kBatch;
+  const std::int64_t total = steps_per_epoch * o.epochs;
+  // PEFT's schedule shape: a warm-up, the budget falling, then the final pattern for the last
+  // tenth of the run.
+  RankAllocator allocator({.target_r = o.adalora_target_r,
+                           .tinit = total / 10,
+                           .tfinal = total / 10,
+                           .delta_t = 10,
+                           .total_step = total});
+  AdamW opt({.lr = o.lr, .weight_decay = 0.0});
+  Result r{.name = "AdaLoRA", .rank = o.adalora_init_r};
+  AdaLoraHooks hooks;
+  hooks.allocator = &allocator;
+  for (std::size_t i = 0; i < adapted.size(); ++i) {
+    opt.add(adapted[i]);  // lora_A, lora_E, lora_B
+    allocator.add(ctx, adapted[i], "layer" + std::to_string(i + 1));
+    hooks.layers.push_back(&adapted[i]);
+    r.trainable += adapted[i].num_trainable();
+  }
+  std::printf(
+      "AdaLoRA: r = %lld on each layer falling to %lld on average, %lld trainable parameters, "
+      "task %c\n",
+      static_cast<long long>(o.adalora_init_r), static_cast<long long>(o.adalora_target_r),
+      static_cast<long long>(r.trainable), task.name);
+  train_and_evaluate(r, ctx, adapted, opt, hooks, base, task, batch, o);
+  std::printf("  final ranks:");
+  for (const auto& [name, keep] : allocator.rank_pattern(ctx))
+    std::printf(" %s %lld/%lld", name.c_str(),
+                static_cast<long long>(std::count(keep.begin(), keep.end(), true)),
+                static_cast<long long>(keep.size()));
+  std::printf("\n");
+  return r;
+}
+
 // ---- Command line --------------------------------------------------------------------------
 
 void usage(std::FILE* out) {
   const Options d;
   std::fprintf(
       out,
-      "usage: lora_mlp [--adapter lora|rosa|both] [--task B|C] [--epochs N] [--rank R]\n"
+      "usage: lora_mlp [--adapter lora|rosa|both|adalora|all] [--task B|C] [--epochs N] [--rank "
+      "R]\n"
       "                [--rosa-rank R] [--lr LR] [--sparse-lr LR] [--mask-warmup STEPS]\n"
       "                [--mask-batches N] [--seed S] [--threads T]\n"
       "Trains an MLP on task A, freezes it and adapts it to task B or C with LoRA and/or RoSA.\n"
-      "  --adapter A       lora, rosa, or both side by side (default lora)\n"
+      "  --adapter A       lora, rosa, both (lora and rosa) side by side, adalora, or all\n"
+      "                    (default lora)\n"
       "  --task T          C: low rank + sparse shift, B: low rank shift (default C)\n"
       "  --epochs N        epochs of each phase (default %d)\n"
       "  --rank R          LoRA's rank, which sets both adapters' budget (default %lld)\n"
@@ -298,9 +368,10 @@ bool parse_options(int argc, char** argv, Options& o) {
     long long v = 0;
     bool ok = true;
     if (flag == "--adapter") {
-      ok = text == "lora" || text == "rosa" || text == "both";
-      o.lora = text != "rosa";
-      o.rosa = text != "lora";
+      ok = text == "lora" || text == "rosa" || text == "both" || text == "adalora" || text == "all";
+      o.lora = text == "lora" || text == "both" || text == "all";
+      o.rosa = text == "rosa" || text == "both" || text == "all";
+      o.adalora = text == "adalora" || text == "all";
     } else if (flag == "--task") {
       ok = text == "B" || text == "C";
       o.task = text.empty() ? '?' : text[0];
@@ -417,6 +488,10 @@ int main(int argc, char** argv) {
   if (options.rosa) {
     if (options.lora) std::printf("\n");
     results.push_back(run_rosa(ctx, base, task, batch, options));
+  }
+  if (options.adalora) {
+    if (options.lora || options.rosa) std::printf("\n");
+    results.push_back(run_adalora(ctx, base, task, batch, options));
   }
 
   std::printf("\n");

@@ -238,6 +238,7 @@ inline void gather(const Dataset& data, const std::vector<index_t>& order, index
 struct NoHooks {
   index_t batches_of_step(std::int64_t) const { return 1; }
   void before_step(Ctx&, std::int64_t) {}
+  void before_update(Ctx&, std::int64_t) {}  // gradients complete, optimizer not yet stepped
   void after_step(Ctx&, std::int64_t) {}
 };
 
@@ -276,6 +277,7 @@ EpochResult train_epoch(Ctx& ctx, std::vector<Layer>& net, Optimizer& opt, Hooks
       seen += b.rows;
       ++result.batches;
     }
+    hooks.before_update(ctx, opt.steps());
     opt.step(ctx);  // also calls parameters_updated on the adapter layers it holds
     hooks.after_step(ctx, opt.steps() - 1);
     result.train_ms +=

@@ -15,6 +15,7 @@
 
 #include "backend/cuda/cuda.hpp"
 
+#include "adapters/adalora.hpp"
 #include "adapters/adapter.hpp"
 #include "adapters/lora.hpp"
 #include "adapters/nola.hpp"
@@ -22,4 +23,6 @@
 #include "sparse/csr.hpp"
 
 #include "train/adamw.hpp"
+#include "train/orthogonal_regularizer.hpp"
+#include "train/rank_allocator.hpp"
 #include "train/rosa_mask.hpp"

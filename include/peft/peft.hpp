@@ -14,6 +14,7 @@
 
 #include "backend/cpu/cpu.hpp"
 
+#include "adapters/adalora.hpp"
 #include "adapters/adapter.hpp"
 #include "adapters/lora.hpp"
 #include "adapters/nola.hpp"
@@ -27,4 +28,6 @@
 #include "io/safetensors.hpp"
 
 #include "train/adamw.hpp"
+#include "train/orthogonal_regularizer.hpp"
+#include "train/rank_allocator.hpp"
 #include "train/rosa_mask.hpp"

@@ -58,8 +58,7 @@ Matrix<double, Cpu> dense_effective_weight(Rosa<T, Cpu>& layer,
   const auto s = std::as_const(layer.sparse()).view();
   for (index_t i = 0; i < kOut; ++i)
     for (index_t j = 0; j < kIn; ++j)
-      w.view()(i, j) =
-          convert_value<double>(w0_out_in(i, j)) + layer.lora().scaling() * ba.view()(i, j);
+      w.view()(i, j) = convert_value<double>(w0_out_in(i, j)) + layer.scaling() * ba.view()(i, j);
   for (index_t r = 0; r < s.rows; ++r)
     for (index_t e = s.row_offsets[r]; e < s.row_offsets[r + 1]; ++e)
       w.view()(r, s.col_indices[e]) += convert_value<double>(s.values[e]);
@@ -172,6 +171,33 @@ TEST(Rosa, BothModesEqualTheDenseReference) {
     EXPECT_TRUE(merged_layer.unmerge(ctx, w0_copy.view()));
     EXPECT_LT(relative_error(as_const(w0_copy.view()), as_const(w0.view())), 1e-15);
   }
+}
+
+TEST(Rosa, EveryModeReadsSAsWrittenWithoutParametersUpdated) {
+  // S's values are the one source of truth: written through parameters() and used at once by
+  // both forward modes in both orientations (the fan_in_fan_out dense_add mode used to read a
+  // transposed copy that only parameters_updated refreshed).
+  HostCtx ctx;
+  auto x = random_matrix<double>(kN, kIn, 2);
+  for (bool fan : {false, true})
+    for (RosaForward mode : {RosaForward::dense_add, RosaForward::spmm}) {
+      auto w0_out_in = random_matrix<double>(kOut, kIn, 1);
+      Matrix<double, Cpu> w0 =
+          fan ? Matrix<double, Cpu>(kIn, kOut) : random_matrix<double>(kOut, kIn, 1);
+      if (fan)
+        for (index_t i = 0; i < kOut; ++i)
+          for (index_t j = 0; j < kIn; ++j) w0.view()(j, i) = w0_out_in.view()(i, j);
+      auto layer = make_rosa<double>(ctx, w0.view(), mode, 0.0, fan);
+      Matrix<double, Cpu> y(kN, kOut);
+      layer.forward(ctx, x.view(), y.view());  // the copies are now in step
+      auto s = layer.parameters()[2].value;
+      for (index_t e = 0; e < layer.sparse().nnz(); ++e) s.data()[e] *= -3.0;  // no update call
+      layer.forward(ctx, x.view(), y.view());
+      auto w = dense_effective_weight(layer, as_const(w0_out_in.view()));
+      auto ref = naive_product(as_const(x.view()), false, as_const(w.view()), true);
+      EXPECT_LT(relative_error(as_const(y.view()), as_const(ref.view())), 1e-14)
+          << (fan ? "fan_in_fan_out " : "") << (mode == RosaForward::spmm ? "spmm" : "dense_add");
+    }
 }
 
 TEST(Rosa, ForwardDeltaPlusBaseEqualsForward) {

@@ -55,8 +55,9 @@ void expect_dropout(const RandomStream& s, float p, MatrixView<const TX, Cpu> x,
         const double expected = xv / (1.0 - double(p));
         ok = std::abs(got - expected) <= 1e-15 * std::abs(expected);
       } else if constexpr (std::is_same_v<T, float> && std::is_same_v<TX, float>) {
-        // The float expression the device uses too: x * (1 / (1 - p)) in fp32.
-        ok = got == double(float(xv) * (1.0f / (1.0f - p)));
+        // The float expression the device uses too: x * (1 / (1 - p)), 1 - p in double as
+        // PyTorch forms it from a Python float.
+        ok = got == double(float(xv) * (1.0f / float(1.0 - double(p))));
       } else {
         const double expected = xv / (1.0 - double(p));
         ok = std::abs(got - expected) <= 0x1.0p-8 * std::abs(expected);
@@ -234,6 +235,23 @@ TEST(Dropout, InvalidArgumentsThrow) {
                ErrorKind::invalid_argument, {"null"});
   expect_error([&] { peft::cpu::dropout(ctx, &s, 0.5f, as_const(x.view()), bad.view()); },
                ErrorKind::shape, {"dropout", "4 x 5", "5 x 4"});
+}
+
+TEST(DropoutProbability, IsDoubleSoThatScalingMatchesPyTorchInDouble) {
+  // p = 0.3 as a float is 0.30000001192...: x / (1 - p) would differ from PyTorch's double
+  // result by ~1e-8 relative.
+  Context<Cpu> ctx;
+  const RandomStream s = peft::make_stream(1, 2, RandomPurpose::dropout, 0);
+  Matrix<double, Cpu> x(64, 64), out(64, 64);
+  peft::cpu::fill(ctx, x.view(), 1.0);
+  peft::cpu::dropout(ctx, &s, 0.3, as_const(x.view()), out.view());
+  int kept_count = 0;
+  for (index_t i = 0; i < out.size(); ++i) {
+    if (out.data()[i] == 0.0) continue;
+    ++kept_count;
+    EXPECT_EQ(out.data()[i], 1.0 / (1.0 - 0.3));
+  }
+  EXPECT_GT(kept_count, 0);
 }
 
 }  // namespace

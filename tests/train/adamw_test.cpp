@@ -112,5 +112,22 @@ TEST(AdamW, BadOptionsThrow) {
   expect_error([&] { opt.set_lr(3, 0.1); }, ErrorKind::invalid_argument, {"group 3"});
 }
 
+TEST(AdamW, StepPullsBackTheGradientsOfGeneratedFactorsFirst) {
+  // AdaLoRA's E starts at zero, so only the pull-back of dA_eff gives it a gradient: without
+  // prepare_gradients before the update, E (and with it the whole adapter) never moves.
+  HostCtx ctx;
+  auto w0 = random_matrix<double>(6, 5, 1);
+  auto x = random_matrix<double>(4, 5, 2), dy = random_matrix<double>(4, 6, 3);
+  AdaLora<double, Cpu> layer(ctx, w0.view(), {.init_r = 3, .alpha = 4});
+  AdamW<double, Cpu> opt({.lr = 0.1, .weight_decay = 0.0});
+  opt.add(layer);
+  Matrix<double, Cpu> y(4, 6), dx(4, 5);
+  layer.forward(ctx, x.view(), y.view());
+  layer.backward(ctx, x.view(), dy.view(), dx.view());
+  ASSERT_EQ(norm(ctx, as_const(layer.parameters()[1].value)), 0.0);
+  opt.step(ctx);
+  EXPECT_GT(norm(ctx, as_const(layer.parameters()[1].value)), 0.1);  // lr · sign per entry
+}
+
 }  // namespace
 }  // namespace peft::test

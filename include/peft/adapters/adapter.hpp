@@ -3,6 +3,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,7 @@ concept Adapter = requires(L& layer, const L& const_layer, Context<typename L::b
   {
     layer.parameters()
     } -> std::same_as<std::vector<Parameter<typename L::param_type, typename L::backend_type>>>;
+  layer.prepare_gradients(ctx);
   layer.parameters_updated(ctx);
   layer.zero_grad(ctx);
   layer.set_training(true);
@@ -62,9 +64,18 @@ concept Adapter = requires(L& layer, const L& const_layer, Context<typename L::b
 
 namespace detail {
 
+/// "Type::call" in error messages, without building a string unless an error is raised.
+struct CallSite {
+  const char* type;
+  const char* call;
+  friend std::ostream& operator<<(std::ostream& out, const CallSite& site) {
+    return out << site.type << "::" << site.call;
+  }
+};
+
 /// Checks the activations of a forward or backward call against the layer's features.
-template <class TX, class TY, class B>
-void check_activations(const char* where, const char* x_name, const MatrixView<TX, B>& x,
+template <class Where, class TX, class TY, class B>
+void check_activations(const Where& where, const char* x_name, const MatrixView<TX, B>& x,
                        const char* y_name, const MatrixView<TY, B>& y, index_t in, index_t out) {
   PEFT_CHECK_SHAPE(x.cols() == in, where, ": ", x_name, " has ", x.cols(),
                    " columns, the frozen weight has ", in, " (in_features)");
@@ -72,6 +83,31 @@ void check_activations(const char* where, const char* x_name, const MatrixView<T
                    " columns, the frozen weight has ", out, " (out_features)");
   PEFT_CHECK_SHAPE(y.rows() == x.rows(), where, ": ", y_name, " has ", y.rows(), " rows, ", x_name,
                    " has ", x.rows());
+}
+
+// Workspace bytes of backend primitives, as the backend reports them (CPU: gemm_workspace_bytes
+// and friends, found by argument-dependent lookup), or nothing for a backend that reports none.
+template <class TA, class TC, class B>
+index_t gemm_scratch_bytes(const Context<B>& ctx, Op op_a, Op op_b, index_t m, index_t n,
+                           index_t k) {
+  if constexpr (requires { gemm_workspace_bytes<TA, TC>(ctx, op_a, op_b, m, n, k); })
+    return gemm_workspace_bytes<TA, TC>(ctx, op_a, op_b, m, n, k);
+  else
+    return 0;
+}
+template <class TY, class B>
+index_t spmm_scratch_bytes(const Context<B>& ctx, Op op, index_t y_cols) {
+  if constexpr (requires { spmm_workspace_bytes<TY>(ctx, op, y_cols); })
+    return spmm_workspace_bytes<TY>(ctx, op, y_cols);
+  else
+    return 0;
+}
+template <class V, class B>
+index_t sddmm_scratch_bytes(const Context<B>& ctx, Op op_a, Op op_b, index_t nnz) {
+  if constexpr (requires { sddmm_workspace_bytes<V>(ctx, op_a, op_b, nnz); })
+    return sddmm_workspace_bytes<V>(ctx, op_a, op_b, nnz);
+  else
+    return 0;
 }
 
 inline index_t align_up(index_t bytes, index_t alignment = 256) {

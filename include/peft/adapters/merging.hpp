@@ -67,7 +67,8 @@ class MergeOps {
   }
 
  protected:
-  void check_unmerged(const char* where) const {
+  template <class Where>
+  void check_unmerged(const Where& where) const {
     PEFT_CHECK(!merged_, ErrorKind::state, where, ": the layer is merged; unmerge it first");
   }
 

@@ -47,6 +47,7 @@ namespace detail {
 template <class T, class B>
 class NolaFactors {
  public:
+  static constexpr const char* name = "Nola";
   using Config = NolaConfig;
   using P = param_t<T>;
 

@@ -3,6 +3,7 @@
 // on the host. Each backend provides detail::Allocator<B> (host memory here, cudaMalloc in
 // backend/cuda).
 
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@ struct Allocator<Cpu> {
   static constexpr std::size_t alignment = 64;
   static void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
+    counter().fetch_add(1, std::memory_order_relaxed);
     const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
     void* p = std::aligned_alloc(alignment, rounded);
     if (p == nullptr) throw std::bad_alloc();
@@ -31,6 +33,15 @@ struct Allocator<Cpu> {
     return p;
   }
   static void deallocate(void* p) noexcept { std::free(p); }
+  /// Allocations made so far in this process (tests use it to prove that hot paths allocate
+  /// nothing).
+  static std::size_t allocations() noexcept { return counter().load(std::memory_order_relaxed); }
+
+ private:
+  static std::atomic<std::size_t>& counter() noexcept {
+    static std::atomic<std::size_t> count{0};
+    return count;
+  }
 };
 
 /// Type-erased owning allocation of `bytes` bytes on backend B.

@@ -142,8 +142,8 @@ inline double normal_from_stream(const RandomStream& s, std::uint64_t index) {
 
 /// Dropout keeps an element when its bits are at or above this threshold: an integer compare,
 /// so host and device make identical masks. Computed on the host from p in [0, 1).
-inline std::uint32_t dropout_threshold(float p) {
-  const double t = static_cast<double>(p) * 4294967296.0;
+inline std::uint32_t dropout_threshold(double p) {
+  const double t = p * 4294967296.0;
   return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
 }
 

@@ -94,12 +94,15 @@ class AdamW {
     return index;
   }
 
-  /// One step over every group, then parameters_updated on the layers. Bias correction counts
+  /// prepare_gradients on the layers, one step over every group, then parameters_updated on the
+  /// layers. Bias correction counts
   /// each group's own steps (PyTorch counts per parameter from its first update). Throws a
   /// peft::Error, having changed nothing, when a registered layer no longer exists.
   void step(Ctx& ctx) {
     // Before any write: the parameters of a destroyed layer are freed memory.
     for (const auto& o : owners_) o->check("AdamW::step");
+    // Methods whose parameters are not their effective factors pull the factors' gradients back.
+    for (auto& o : owners_) o->prepare(ctx);
     ++steps_;
     for (auto& g : groups_) {
       ++g.steps;
@@ -141,6 +144,8 @@ class AdamW {
     virtual ~Owner() = default;
     /// Throws when the owner no longer exists.
     virtual void check(const char* where) const = 0;
+    /// Before the update: makes the gradients current (Layer::prepare_gradients).
+    virtual void prepare(Ctx& ctx) = 0;
     virtual void updated(Ctx& ctx) = 0;
     virtual bool same(const Owner& other) const = 0;
     /// One address per kind of owner (no RTTI needed to compare two owners).
@@ -156,6 +161,7 @@ class AdamW {
   struct LayerOwner final : Owner {
     explicit LayerOwner(LayerHandle<Layer> h) : handle(std::move(h)) {}
     void check(const char* where) const override { handle.get(where); }
+    void prepare(Ctx& ctx) override { handle.get("AdamW::step").prepare_gradients(ctx); }
     void updated(Ctx& ctx) override { handle.get("AdamW::step").parameters_updated(ctx); }
     bool same(const Owner& other) const override {
       return other.kind() == kind() &&
@@ -168,6 +174,7 @@ class AdamW {
   struct RawOwner final : Owner {
     RawOwner(const void* k, std::function<void(Ctx&)> f) : key(k), on_updated(std::move(f)) {}
     void check(const char*) const override {}
+    void prepare(Ctx&) override {}
     void updated(Ctx& ctx) override { on_updated(ctx); }
     bool same(const Owner& other) const override {
       return other.kind() == kind() && key != nullptr &&

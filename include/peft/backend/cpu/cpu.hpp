@@ -5,6 +5,7 @@
 #include "dense.hpp"
 #include "eigen_interop.hpp"
 #include "elementwise.hpp"
+#include "importance.hpp"
 #include "nola.hpp"
 #include "sparse.hpp"
 #include "transfer.hpp"

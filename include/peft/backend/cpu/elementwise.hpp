@@ -84,10 +84,10 @@ void broadcast_rows(Context<Cpu>& ctx, VectorView<TB, Cpu> b, MatrixView<T, Cpu>
 /// stream lives in backend memory (a layer's reserve), so backward regenerates the same mask.
 /// x and out may be the same view. p must be in [0, 1).
 template <class TX, class T>
-void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<TX, Cpu> x,
+void dropout(Context<Cpu>& ctx, const RandomStream* stream, double p, MatrixView<TX, Cpu> x,
              MatrixView<T, Cpu> out) {
   detail::check_same_shape("dropout", x, out);
-  PEFT_CHECK_ARG(p >= 0.0f && p < 1.0f, "dropout: p is ", p, ", expected in [0, 1)");
+  PEFT_CHECK_ARG(p >= 0.0 && p < 1.0, "dropout: p is ", p, ", expected in [0, 1)");
   PEFT_CHECK_ARG(stream != nullptr, "dropout: null random stream");
   const index_t rows = x.rows(), cols = x.cols();
   PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements,
@@ -96,7 +96,7 @@ void dropout(Context<Cpu>& ctx, const RandomStream* stream, float p, MatrixView<
   const RandomStream s = *stream;
   const std::uint32_t threshold = dropout_threshold(p);
   using S = accum_t<std::remove_const_t<T>>;  // double stays double
-  const S keep_scale = S(1) / (S(1) - S(p));
+  const S keep_scale = S(1) / S(1.0 - p);     // PyTorch's x · (mask / (1 - p)), 1 - p in double
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > detail::kParallelElements / 4)
   for (index_t i = 0; i < rows; ++i) {
     std::uint64_t flat = static_cast<std::uint64_t>(i * cols);

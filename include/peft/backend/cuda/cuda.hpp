@@ -7,6 +7,7 @@
 #include "dense.cuh"
 #include "dtype.cuh"
 #include "elementwise.cuh"
+#include "importance.cuh"
 #include "nola.cuh"
 #include "sparse.cuh"
 #include "transfer.cuh"

@@ -1,0 +1,76 @@
+// AdaLoRA's training step against LoRA's of the same initial rank, in one loop (ratios):
+//   vs_lora           forward + backward + prepare_gradients (AdaLoRA's pull-back of dA_eff)
+//   vs_lora_allocate  the same plus RankAllocator::update_and_allocate (importance EMAs, triplet
+//                     scores, top-k over all ranks, mask) for this one layer
+// Goal (issue 10): vs_lora <= 1.15 on the CPU.
+
+#include <benchmark/benchmark.h>
+
+#include <peft/peft.hpp>
+
+#include "bench_util.hpp"
+
+namespace {
+
+using peft::index_t;
+using peft::bench::fill_uniform;
+using peft::bench::median_ratio;
+using peft::bench::Paired;
+using peft::bench::run_paired;
+using Mat = peft::Matrix<float, peft::Cpu>;
+using Ctx = peft::Context<peft::Cpu>;
+
+Ctx& context() {
+  static Ctx ctx;
+  return ctx;
+}
+
+void BM_AdaLoraStep(benchmark::State& state) {
+  const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
+  const bool allocate = state.range(4) != 0;
+  Ctx& ctx = context();
+  Mat x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in);
+  fill_uniform(x, 1);
+  fill_uniform(w0, 2);
+  fill_uniform(dy, 3);
+  peft::AdaLora<float, peft::Cpu> ada(ctx, w0.view(), {.init_r = r, .alpha = double(2 * r)});
+  peft::Lora<float, peft::Cpu> lora(ctx, w0.view(), {.r = r, .alpha = double(2 * r)});
+  peft::RankAllocator<float, peft::Cpu> allocator(
+      {.target_r = r / 2, .total_step = std::int64_t(1) << 40});
+  allocator.add(ctx, ada, "layer");
+  ada.preallocate(ctx, n);
+  lora.preallocate(ctx, n);
+  std::int64_t step = 1;
+  const Paired t = run_paired(
+      state,
+      [&] {
+        ada.forward(ctx, as_const(x.view()), y.view());
+        ada.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        ada.prepare_gradients(ctx);
+        if (allocate) allocator.update_and_allocate(ctx, step++);
+        ada.zero_grad(ctx);
+      },
+      [&] {
+        lora.forward(ctx, as_const(x.view()), y.view());
+        lora.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        lora.zero_grad(ctx);
+      });
+  state.counters[allocate ? "vs_lora_allocate" : "vs_lora"] = median_ratio(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  for (auto [n, in, out] : {std::tuple<index_t, index_t, index_t>{512, 1024, 1024},
+                            {512, 2048, 2048},
+                            {2048, 4096, 4096}})
+    for (index_t allocate : {0, 1})
+      benchmark::RegisterBenchmark("BM_AdaLoraStep", BM_AdaLoraStep)
+          ->Args({n, in, out, 12, allocate})
+          ->Unit(benchmark::kMillisecond);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

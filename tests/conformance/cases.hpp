@@ -1,0 +1,79 @@
+#pragma once
+// The adapter methods the conformance suite runs over. Adding a method is one line here: a Case
+// naming its layer template and a small config whose adapter contribution is non-zero.
+
+#include <peft/peft.hpp>
+
+namespace peft::test {
+
+struct LoraCase {
+  static constexpr const char* name = "Lora";
+  template <class T, class B>
+  using Layer = Lora<T, B>;
+  static LoraConfig config(double dropout, bool fan_in_fan_out) {
+    return {.r = 3,
+            .alpha = 5,
+            .dropout = dropout,
+            .fan_in_fan_out = fan_in_fan_out,
+            .init = LoraInit::none,
+            .seed = 11};
+  }
+};
+
+struct RosaDenseAddCase {
+  static constexpr const char* name = "RosaDenseAdd";
+  template <class T, class B>
+  using Layer = Rosa<T, B>;
+  static RosaConfig config(double dropout, bool fan_in_fan_out) {
+    return {.lora = LoraCase::config(dropout, fan_in_fan_out),
+            .density = 0.3,
+            .forward = RosaForward::dense_add};
+  }
+};
+
+struct RosaSpmmCase {
+  static constexpr const char* name = "RosaSpmm";
+  template <class T, class B>
+  using Layer = Rosa<T, B>;
+  static RosaConfig config(double dropout, bool fan_in_fan_out) {
+    return {.lora = LoraCase::config(dropout, fan_in_fan_out),
+            .density = 0.3,
+            .forward = RosaForward::spmm};
+  }
+};
+
+struct AdaLoraCase {
+  static constexpr const char* name = "AdaLora";
+  template <class T, class B>
+  using Layer = AdaLora<T, B>;
+  static AdaLoraConfig config(double dropout, bool fan_in_fan_out) {
+    return {.init_r = 3,
+            .alpha = 5,
+            .dropout = dropout,
+            .fan_in_fan_out = fan_in_fan_out,
+            .init_weights = false,
+            .seed = 11};
+  }
+};
+
+struct NolaCase {
+  static constexpr const char* name = "Nola";
+  template <class T, class B>
+  using Layer = Nola<T, B>;
+  static NolaConfig config(double dropout, bool fan_in_fan_out) {
+    return {.r = 3,
+            .alpha = 5,
+            .num_basis_a = 4,
+            .num_basis_b = 5,
+            .dropout = dropout,
+            .fan_in_fan_out = fan_in_fan_out,
+            .seed = 11};
+  }
+};
+
+template <class... Cases>
+struct CaseList {};
+
+using AllCases = CaseList<LoraCase, RosaDenseAddCase, RosaSpmmCase, AdaLoraCase, NolaCase>;
+
+}  // namespace peft::test
