@@ -479,6 +479,26 @@ TEST(Nola, SameSeedAndStreamGiveTheSameLayerOthersDiffer) {
   EXPECT_GT(relative_error(as_const(a.view()), as_const(d.view())), 0.1);
 }
 
+// basis_stream_id keys A0 and the bases instead of the layer's stream_id.
+TEST(Nola, BasisStreamIdOverridesTheLayersStream) {
+  HostCtx ctx;
+  auto w0 = random_matrix<float>(kOut, kIn, 1);
+  const auto alpha = random_vector(kKa, 1), beta = random_vector(kKb, 2);
+  auto config = small_config();
+  Nola<float, Cpu> plain(ctx, w0.view(), config, {.stream_id = 5});
+  config.basis_stream_id = 5;
+  Nola<float, Cpu> keyed(ctx, w0.view(), config, {.stream_id = 9});
+  EXPECT_EQ(keyed.basis_stream_id(), 5u);
+  EXPECT_EQ(keyed.options().stream_id, 9u);
+  set_coefficients(ctx, plain, alpha, beta);
+  set_coefficients(ctx, keyed, alpha, beta);
+  Matrix<float, Cpu> a(kOut, kIn), b(kOut, kIn);
+  plain.delta_weight(ctx, a.view());
+  keyed.delta_weight(ctx, b.view());
+  EXPECT_TRUE(bitwise_equal(as_const(a.view()), as_const(b.view())));
+  EXPECT_TRUE(bitwise_equal(keyed.effective_a(), plain.effective_a()));
+}
+
 // A student with the teacher's seed learns the teacher's coefficients' output with AdamW.
 TEST(Nola, TrainsTowardsAReachableTarget) {
   HostCtx ctx;

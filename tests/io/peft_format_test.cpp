@@ -487,7 +487,7 @@ TEST(PeftFormatRefuses, UnsupportedConfigs) {
     s.set_config(j);
   };
   with("peft_type", "ADALORA");
-  s.load({"peft_type \"ADALORA\" is not supported (supported: LORA, ROSA)"});
+  s.load({"peft_type \"ADALORA\" is not supported (supported: LORA, ROSA"});
   with("peft_type", "LORA");
   with("use_dora", true);
   s.load({"adapter_config.json", "use_dora = true is not supported"});

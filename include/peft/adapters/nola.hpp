@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "../core/random.hpp"
@@ -37,8 +38,14 @@ struct NolaConfig {
   double dropout = 0.0;         // on the adapter path's input, in [0, 1)
   bool fan_in_fan_out = false;  // the frozen weight is given [in, out] (GPT-2's Conv1D)
   std::uint64_t seed = 0;       // with LayerOptions::stream_id, keys A0, the bases and dropout
+  /// The stream of A0 and the bases when set (LayerOptions::stream_id otherwise, which still
+  /// keys dropout): a checkpoint records each layer's and its loader sets it here.
+  std::optional<std::uint32_t> basis_stream_id = std::nullopt;
 
   double scaling() const { return alpha / double(r); }
+  std::uint32_t basis_stream(const LayerOptions& options) const {
+    return basis_stream_id.value_or(options.stream_id);
+  }
 };
 
 namespace detail {
@@ -70,11 +77,12 @@ class NolaFactors {
   /// bases (purposes nola_basis_a and nola_basis_b, member = basis index).
   void initialise(Context<B>& ctx, LowRankPath<T, B>& path, const LayerOptions& options) {
     const index_t in = path.shape().in;
-    a0_ = make_basis(config_.seed, options.stream_id, RandomPurpose::init,
+    const std::uint32_t stream = config_.basis_stream(options);
+    a0_ = make_basis(config_.seed, stream, RandomPurpose::init,
                      static_cast<float>(1.0 / std::sqrt(double(in))));
-    basis_a_ = make_basis(config_.seed, options.stream_id, RandomPurpose::nola_basis_a,
+    basis_a_ = make_basis(config_.seed, stream, RandomPurpose::nola_basis_a,
                           static_cast<float>(1.0 / std::sqrt(double(config_.num_basis_a))));
-    basis_b_ = make_basis(config_.seed, options.stream_id, RandomPurpose::nola_basis_b,
+    basis_b_ = make_basis(config_.seed, stream, RandomPurpose::nola_basis_b,
                           static_cast<float>(1.0 / std::sqrt(double(config_.num_basis_b))));
     fill(ctx, alpha_.view(), 0.0);
     fill(ctx, beta_.view(), 0.0);
@@ -177,6 +185,17 @@ class Nola : public detail::LowRankLayer<Nola<T, B>, detail::NolaFactors<T, B>, 
   const RandomBasis& a0_basis() const noexcept { return this->method_.a0_basis(); }
   const RandomBasis& a_basis() const noexcept { return this->method_.a_basis(); }
   const RandomBasis& b_basis() const noexcept { return this->method_.b_basis(); }
+  /// The stream A0 and the bases are drawn from (config().basis_stream_id or the layer's).
+  std::uint32_t basis_stream_id() const noexcept { return this->method_.a_basis().stream_id; }
+
+  /// The generated factors A_eff [r, in] and B_eff [out, r] (current after parameters_updated),
+  /// e.g. to export the adapter as a plain LoRA.
+  MatrixView<const typename Base::param_type, B> effective_a() const noexcept {
+    return this->path_.a();
+  }
+  MatrixView<const typename Base::param_type, B> effective_b() const noexcept {
+    return this->path_.b();
+  }
 
  protected:
   /// Every backward accumulates into dA_eff and dB_eff (the path does): remember that the next

@@ -198,6 +198,7 @@ enum class PhiloxKernel { portable, avx2, avx512 };
 
 inline bool philox_kernel_supported(PhiloxKernel kernel) {
 #if defined(PEFT_NOLA_X86_SIMD)
+  __builtin_cpu_init();  // needed when called before main (a static layer's constructor)
   switch (kernel) {
     case PhiloxKernel::portable:
       return true;
