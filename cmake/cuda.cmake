@@ -28,7 +28,9 @@ if(PEFT_CUDA)
   add_library(peft_cuda INTERFACE)
   add_library(peft::cuda ALIAS peft_cuda)
   set_target_properties(peft_cuda PROPERTIES EXPORT_NAME cuda)
-  target_link_libraries(peft_cuda INTERFACE peft CUDA::cudart CUDA::cublas CUDA::cusparse)
+  # cuSOLVER: the QR and SVD of truncated_svd (backend/cuda/svd.cuh).
+  target_link_libraries(peft_cuda INTERFACE peft CUDA::cudart CUDA::cublas CUDA::cusparse
+                                             CUDA::cusolver)
   # cxx_std_20 on peft does not reach .cu files. CMake 3.25 does not know cuda_std_20 for nvcc
   # (any target with .cu sources then fails to generate): pass the flag itself there.
   if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)

@@ -18,6 +18,7 @@
 #include "adapters/adalora.hpp"
 #include "adapters/adapter.hpp"
 #include "adapters/lora.hpp"
+#include "adapters/lora_xs.hpp"
 #include "adapters/nola.hpp"
 #include "adapters/rosa.hpp"
 #include "sparse/csr.hpp"

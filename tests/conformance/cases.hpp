@@ -71,9 +71,19 @@ struct NolaCase {
   }
 };
 
+struct LoraXsCase {
+  static constexpr const char* name = "LoraXs";
+  template <class T, class B>
+  using Layer = LoraXs<T, B>;
+  static LoraXsConfig config(double dropout, bool fan_in_fan_out) {
+    return {.r = 3, .alpha = 5, .dropout = dropout, .fan_in_fan_out = fan_in_fan_out, .seed = 11};
+  }
+};
+
 template <class... Cases>
 struct CaseList {};
 
-using AllCases = CaseList<LoraCase, RosaDenseAddCase, RosaSpmmCase, AdaLoraCase, NolaCase>;
+using AllCases =
+    CaseList<LoraCase, RosaDenseAddCase, RosaSpmmCase, AdaLoraCase, NolaCase, LoraXsCase>;
 
 }  // namespace peft::test

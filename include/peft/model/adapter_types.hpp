@@ -4,6 +4,7 @@
 // io/<method>_format.hpp (see io/adapter_format.hpp for what they provide), and its line here.
 
 #include "../io/lora_format.hpp"
+#include "../io/lora_xs_format.hpp"
 #include "../io/nola_format.hpp"
 #include "../io/rosa_format.hpp"
 #include "format_list.hpp"
@@ -13,7 +14,8 @@ namespace peft {
 using AdapterFormats = FormatList<  //
     LoraFormat,                     // peft_type LORA: Lora<T, B>
     RosaFormat,                     // peft_type ROSA: Rosa<T, B>
-    NolaFormat                      // peft_type NOLA: Nola<T, B>
+    NolaFormat,                     // peft_type NOLA: Nola<T, B>
+    LoraXsFormat                    // peft_type LORA_XS: LoraXs<T, B>
     >;
 
 /// Every adapter type a set (and a checkpoint) can hold.

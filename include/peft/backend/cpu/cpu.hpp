@@ -8,4 +8,5 @@
 #include "importance.hpp"
 #include "nola.hpp"
 #include "sparse.hpp"
+#include "svd.hpp"
 #include "transfer.hpp"

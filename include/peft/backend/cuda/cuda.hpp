@@ -10,4 +10,5 @@
 #include "importance.cuh"
 #include "nola.cuh"
 #include "sparse.cuh"
+#include "svd.cuh"
 #include "transfer.cuh"
