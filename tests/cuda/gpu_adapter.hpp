@@ -14,7 +14,6 @@
 
 #include <peft/adapters/adalora.hpp>
 #include <peft/adapters/lora.hpp>
-#include <peft/core/sparse.hpp>  // rank_allocator.hpp uses CsrView without including it
 #include <peft/train/adamw.hpp>
 #include <peft/train/rank_allocator.hpp>
 
