@@ -9,12 +9,9 @@
 // for both types, plus two LLM-sized ones in bf16: 4096/4096/4096/16 and 8192/4096/11008/16
 // (a 7B model's MLP up-projection over 8192 tokens). Dropout 0, PEFT's default initialisation.
 //
-// Timing. CUDA events on the context's stream (manual time: Google Benchmark appends
+// Timing: bench_util_cuda.cuh's paired CUDA events (manual time: Google Benchmark appends
 // "/manual_time" to the names). Every iteration runs the base and the adapter once each, in
-// alternating order (base first on even iterations, adapter first on odd ones), with three
-// events around the two parts and one synchronisation per iteration; the reported time is the
-// adapter's alone. Kernel launch gaps inside a part count (they are what a caller sees without
-// CUDA graphs).
+// alternating order; the reported time is the adapter's alone.
 //
 // Counters (plain values, so repetitions aggregate them like times):
 //   overhead  median over iterations of (adapter time / base time) of the same iteration.
@@ -65,13 +62,12 @@
 
 #include <peft/cuda.hpp>
 
+#include "bench_util_cuda.cuh"
+
 namespace {
 
+using namespace peft::bench;  // context(), Ctx, DeviceMat, bf16, fill_uniform, paired timing
 using peft::index_t;
-using Ctx = peft::Context<peft::Cuda>;
-using bf16 = __nv_bfloat16;
-template <class T>
-using DeviceMat = peft::Matrix<T, peft::Cuda>;
 
 struct Shape {
   index_t n, in, out, r;
@@ -84,38 +80,6 @@ constexpr Shape kShapes[] = {
 };
 // bf16 only: a square 4096 layer over 4096 tokens, and a 7B MLP up-projection over 8192 tokens.
 constexpr Shape kLargeBf16[] = {{4096, 4096, 4096, 16}, {8192, 4096, 11008, 16}};
-
-template <class T>
-constexpr const char* dtype_name() {
-  if constexpr (std::is_same_v<T, float>)
-    return "f32";
-  else
-    return "bf16";
-}
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
-
-template <class T>
-__global__ void fill_uniform_kernel(T* p, index_t count, peft::RandomStream s) {
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += step)
-    p[i] = peft::gpu::detail::convert<T>(
-        peft::uniform_symmetric(s.bits(static_cast<std::uint64_t>(i)), 1.0f));
-}
-
-/// Uniform values in [-1, 1) drawn on the device (the big shapes hold ~600 MB).
-template <class T>
-void fill_uniform(DeviceMat<T>& m, std::uint32_t seed) {
-  const index_t count = m.rows() * m.cols();
-  if (count == 0) return;
-  const auto s = peft::make_stream(seed, 0, peft::RandomPurpose::init);
-  fill_uniform_kernel<T><<<peft::gpu::detail::grid_size(count), peft::gpu::detail::kThreadsPerBlock,
-                           0, context().stream()>>>(m.data(), count, s);
-  PEFT_CUDA_CHECK_LAUNCH();
-}
 
 /// Activations, gradients and the frozen weight of one (n, in, out), allocated and filled once
 /// per shape and type and shared by every benchmark of that shape.
@@ -154,96 +118,11 @@ peft::Lora<T, peft::Cuda>& layer(const Shape& s) {
     peft::LoraConfig cfg;
     cfg.r = s.r;
     cfg.alpha = double(2 * s.r);
-    cfg.dropout = 0.0f;
+    cfg.dropout = 0.0;
     slot = std::make_unique<peft::Lora<T, peft::Cuda>>(context(), as_const(p.w0.view()), cfg);
     slot->preallocate(context(), s.n);
   }
   return *slot;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  if (v.size() % 2 == 1) return *mid;
-  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
-}
-
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
-
-/// Three events on the context's stream: the times of two consecutive parts.
-class EventTriple {
- public:
-  EventTriple() {
-    for (auto& e : events_) PEFT_CUDA_CHECK(cudaEventCreate(&e));
-  }
-  EventTriple(const EventTriple&) = delete;
-  EventTriple& operator=(const EventTriple&) = delete;
-  ~EventTriple() {
-    for (auto& e : events_) (void)cudaEventDestroy(e);
-  }
-  void record(int i) { PEFT_CUDA_CHECK(cudaEventRecord(events_[i], context().stream())); }
-  /// Seconds between events 0 and 1, and between 1 and 2 (waits for event 2).
-  std::pair<double, double> seconds() {
-    PEFT_CUDA_CHECK(cudaEventSynchronize(events_[2]));
-    float first = 0, second = 0;
-    PEFT_CUDA_CHECK(cudaEventElapsedTime(&first, events_[0], events_[1]));
-    PEFT_CUDA_CHECK(cudaEventElapsedTime(&second, events_[1], events_[2]));
-    return {1e-3 * first, 1e-3 * second};
-  }
-
- private:
-  cudaEvent_t events_[3] = {};
-};
-
-struct Paired {
-  std::vector<double> subject, reference;
-};
-
-/// Runs `subject` (the reported, manually set time) and `reference` once each per iteration, in
-/// alternating order, timed by CUDA events. Returns the per-iteration times of both.
-template <class Subject, class Reference>
-Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& reference) {
-  // One untimed round first: cuBLAS heuristics and kernel loading.
-  subject();
-  reference();
-  context().synchronize();
-  EventTriple events;
-  Paired t;
-  t.subject.reserve(static_cast<std::size_t>(state.max_iterations));
-  t.reference.reserve(static_cast<std::size_t>(state.max_iterations));
-  bool reference_first = true;
-  for (auto _ : state) {
-    events.record(0);
-    if (reference_first)
-      reference();
-    else
-      subject();
-    events.record(1);
-    if (reference_first)
-      subject();
-    else
-      reference();
-    events.record(2);
-    const auto [first, second] = events.seconds();
-    const double ts = reference_first ? second : first;
-    const double tr = reference_first ? first : second;
-    reference_first = !reference_first;
-    state.SetIterationTime(ts);
-    t.subject.push_back(ts);
-    t.reference.push_back(tr);
-  }
-  return t;
-}
-
-double median_ratio(const Paired& t) {
-  std::vector<double> ratios(t.subject.size());
-  for (std::size_t i = 0; i < ratios.size(); ++i) ratios[i] = t.subject[i] / t.reference[i];
-  return median(std::move(ratios));
 }
 
 Shape shape_of(const benchmark::State& state) {
@@ -260,7 +139,7 @@ void BM_LoraForward(benchmark::State& state) {
   const auto w0 = as_const(p.w0.view());
   const auto y = p.y.view();
 
-  const Paired t = run_paired(
+  const Paired t = run_paired_events(
       state, [&] { lora.forward(ctx, x, y); },
       [&] { peft::gpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, w0, 0.0, y); });
 
@@ -283,7 +162,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   const auto y = p.y.view();
   const auto dx = p.dx.view();
 
-  const Paired t = run_paired(
+  const Paired t = run_paired_events(
       state,
       [&] {
         lora.forward(ctx, x, y);
@@ -321,7 +200,7 @@ void BM_Gemm(benchmark::State& state) {
                                  p.y.data(), type, int(out), CUBLAS_COMPUTE_32F,
                                  CUBLAS_GEMM_DEFAULT));
   };
-  const Paired t = run_paired(state, library, direct);
+  const Paired t = run_paired_events(state, library, direct);
   state.counters["vs_cublas"] = median_ratio(t);
   state.counters["GFLOPS"] = 2.0 * double(n) * double(in) * double(out) / mean(t.subject) * 1e-9;
 }
@@ -362,21 +241,5 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess || count == 0) {
-    std::printf("bench_lora_cuda: no CUDA device (%s), nothing to benchmark.\n",
-                status != cudaSuccess ? cudaGetErrorString(status) : "0 devices");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  register_all();
-  cudaDeviceProp prop{};
-  PEFT_CUDA_CHECK(cudaGetDeviceProperties(&prop, context().device()));
-  benchmark::AddCustomContext("peft_device", prop.name);
-  benchmark::AddCustomContext("peft_tf32", context().allow_tf32() ? "on" : "off");
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return peft::bench::run_cuda_benchmarks(argc, argv, "bench_lora_cuda", register_all);
 }

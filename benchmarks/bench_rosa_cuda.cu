@@ -10,11 +10,9 @@
 //       Lora<T, Cuda> r = 16 in the same loop. r and d give RoSA the trainable budget of LoRA
 //       r = 16 (as bench_rosa.cpp: d = 4 (in + out) / (in · out)). T is f32 or bf16.
 //
-// Timing as in bench_lora_cuda.cu. CUDA events on the context's stream (manual time: Google
-// Benchmark appends "/manual_time" to the names). Every iteration runs the subject and its
-// reference once each, alternating which goes first, with three events around the two parts and
-// one synchronisation per iteration; the reported time is the subject's alone. One untimed round
-// first (cuBLAS heuristics, the SpMM preprocessing, kernel loading).
+// Timing: bench_util_cuda.cuh's paired CUDA events, as in bench_lora_cuda.cu (manual time:
+// Google Benchmark appends "/manual_time" to the names); the reported time is the subject's
+// alone.
 //
 // Counters (plain values, so repetitions aggregate them like times):
 //   overhead  BM_Spmm, BM_Sddmm: median over iterations of (sparse time / dense GEMM time).
@@ -48,49 +46,12 @@
 
 #include <peft/cuda.hpp>
 
+#include "bench_util_cuda.cuh"
+
 namespace {
 
+using namespace peft::bench;  // context(), Ctx, DeviceMat, bf16, fill_uniform, paired timing
 using peft::index_t;
-using Ctx = peft::Context<peft::Cuda>;
-using bf16 = __nv_bfloat16;
-template <class T>
-using DeviceMat = peft::Matrix<T, peft::Cuda>;
-
-template <class T>
-constexpr const char* dtype_name() {
-  if constexpr (std::is_same_v<T, float>)
-    return "f32";
-  else
-    return "bf16";
-}
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
-
-template <class T>
-__global__ void fill_uniform_kernel(T* p, index_t count, float scale, peft::RandomStream s) {
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += step)
-    p[i] = peft::gpu::detail::convert<T>(
-        peft::uniform_symmetric(s.bits(static_cast<std::uint64_t>(i)), scale));
-}
-
-/// count contiguous values uniform in [-scale, scale), drawn on the device.
-template <class T>
-void fill_uniform(T* p, index_t count, std::uint32_t seed, float scale = 1.0f) {
-  if (count == 0) return;
-  const auto s = peft::make_stream(seed, 0, peft::RandomPurpose::init);
-  fill_uniform_kernel<T><<<peft::gpu::detail::grid_size(count), peft::gpu::detail::kThreadsPerBlock,
-                           0, context().stream()>>>(p, count, scale, s);
-  PEFT_CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
-void fill_uniform(DeviceMat<T>& m, std::uint32_t seed, float scale = 1.0f) {
-  fill_uniform(m.data(), m.rows() * m.cols(), seed, scale);
-}
 
 /// A uniformly random pattern with exactly nnz entries of a rows x cols matrix.
 peft::CsrPattern random_pattern(index_t rows, index_t cols, index_t nnz, std::uint32_t seed) {
@@ -106,90 +67,6 @@ peft::CsrPattern random_pattern(index_t rows, index_t cols, index_t nnz, std::ui
   }
   return peft::CsrPattern::from_mask(
       peft::MatrixView<const std::uint8_t, peft::Cpu>(mask.data(), rows, cols));
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  if (v.size() % 2 == 1) return *mid;
-  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
-}
-
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
-
-/// Three events on the context's stream: the times of two consecutive parts.
-class EventTriple {
- public:
-  EventTriple() {
-    for (auto& e : events_) PEFT_CUDA_CHECK(cudaEventCreate(&e));
-  }
-  EventTriple(const EventTriple&) = delete;
-  EventTriple& operator=(const EventTriple&) = delete;
-  ~EventTriple() {
-    for (auto& e : events_) (void)cudaEventDestroy(e);
-  }
-  void record(int i) { PEFT_CUDA_CHECK(cudaEventRecord(events_[i], context().stream())); }
-  /// Seconds between events 0 and 1, and between 1 and 2 (waits for event 2).
-  std::pair<double, double> seconds() {
-    PEFT_CUDA_CHECK(cudaEventSynchronize(events_[2]));
-    float first = 0, second = 0;
-    PEFT_CUDA_CHECK(cudaEventElapsedTime(&first, events_[0], events_[1]));
-    PEFT_CUDA_CHECK(cudaEventElapsedTime(&second, events_[1], events_[2]));
-    return {1e-3 * first, 1e-3 * second};
-  }
-
- private:
-  cudaEvent_t events_[3] = {};
-};
-
-struct Paired {
-  std::vector<double> subject, reference;
-};
-
-/// Runs `subject` (the reported, manually set time) and `reference` once each per iteration, in
-/// alternating order, timed by CUDA events. Returns the per-iteration times of both.
-template <class Subject, class Reference>
-Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& reference) {
-  subject();
-  reference();
-  context().synchronize();
-  EventTriple events;
-  Paired t;
-  t.subject.reserve(static_cast<std::size_t>(state.max_iterations));
-  t.reference.reserve(static_cast<std::size_t>(state.max_iterations));
-  bool reference_first = true;
-  for (auto _ : state) {
-    events.record(0);
-    if (reference_first)
-      reference();
-    else
-      subject();
-    events.record(1);
-    if (reference_first)
-      subject();
-    else
-      reference();
-    events.record(2);
-    const auto [first, second] = events.seconds();
-    const double ts = reference_first ? second : first;
-    const double tr = reference_first ? first : second;
-    reference_first = !reference_first;
-    state.SetIterationTime(ts);
-    t.subject.push_back(ts);
-    t.reference.push_back(tr);
-  }
-  return t;
-}
-
-double median_ratio(const Paired& t) {
-  std::vector<double> ratios(t.subject.size());
-  for (std::size_t i = 0; i < ratios.size(); ++i) ratios[i] = t.subject[i] / t.reference[i];
-  return median(std::move(ratios));
 }
 
 // ---- the sparse primitives -------------------------------------------------------------------
@@ -228,7 +105,7 @@ void BM_Spmm(benchmark::State& state) {
   const auto& s = p.s;
   const peft::SparseOperand<float, peft::Cuda> op{s.view(), s.transposed_view(), &p.s.cache()};
   const auto x = as_const(p.x.view());
-  const Paired t = run_paired(
+  const Paired t = run_paired_events(
       state, [&] { peft::gpu::spmm(ctx, 1.0, x, op, peft::Op::T, 0.0, p.y.view()); },
       [&] {
         peft::gpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, x, as_const(p.w.view()), 0.0,
@@ -246,7 +123,7 @@ void BM_Sddmm(benchmark::State& state) {
   auto grad = p.s.view();
   const auto x = as_const(p.x.view());
   const auto dy = as_const(p.dy.view());
-  const Paired t = run_paired(
+  const Paired t = run_paired_events(
       state, [&] { peft::gpu::sddmm(ctx, 1.0, peft::Op::T, dy, peft::Op::N, x, 0.0, grad); },
       [&] { peft::gpu::gemm(ctx, peft::Op::T, peft::Op::N, 1.0, dy, x, 0.0, p.g.view()); });
   p.s.refresh_transpose(ctx);  // the values changed; keep Sᵀ in step for BM_Spmm
@@ -297,7 +174,7 @@ void BM_RosaForwardBackward(benchmark::State& state) {
   lora.preallocate(ctx, n);
   const auto x = as_const(p.x.view());
   const auto dy = as_const(p.dy.view());
-  const Paired t = run_paired(
+  const Paired t = run_paired_events(
       state,
       [&] {
         rosa.forward(ctx, x, p.y.view());
@@ -352,21 +229,5 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess || count == 0) {
-    std::printf("bench_rosa_cuda: no CUDA device (%s), nothing to benchmark.\n",
-                status != cudaSuccess ? cudaGetErrorString(status) : "0 devices");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  register_all();
-  cudaDeviceProp prop{};
-  PEFT_CUDA_CHECK(cudaGetDeviceProperties(&prop, context().device()));
-  benchmark::AddCustomContext("peft_device", prop.name);
-  benchmark::AddCustomContext("peft_tf32", context().allow_tf32() ? "on" : "off");
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return peft::bench::run_cuda_benchmarks(argc, argv, "bench_rosa_cuda", register_all);
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the CPU benchmarks: deterministic data, and paired timing of a subject against its
-// reference inside one loop so that drift on a shared machine hits both alike.
+// reference inside one loop so that drift on a shared machine hits both alike (the statistics
+// are in bench_util_stats.hpp, shared with the CUDA benchmarks' bench_util_cuda.cuh).
 
 #include <algorithm>
 #include <chrono>
@@ -10,6 +11,8 @@
 #include <benchmark/benchmark.h>
 
 #include <peft/peft.hpp>
+
+#include "bench_util_stats.hpp"
 
 namespace peft::bench {
 
@@ -33,24 +36,6 @@ inline double seconds_of(auto&& f) {
   f();
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
-
-inline double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
-
-inline double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  if (v.size() % 2 == 1) return *mid;
-  return 0.5 * (*mid + *std::max_element(v.begin(), mid));
-}
-
-struct Paired {
-  std::vector<double> subject, reference;
-};
 
 /// Runs `subject` (timed by the benchmark) and `reference` (benchmark clock paused) once each per
 /// iteration, alternating which goes first, after one untimed warm-up round (when warm_up).
@@ -83,13 +68,6 @@ Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& refere
     t.reference.push_back(tr);
   }
   return t;
-}
-
-/// The median over iterations of subject time / reference time of the same iteration.
-inline double median_ratio(const Paired& t) {
-  std::vector<double> ratios(t.subject.size());
-  for (std::size_t i = 0; i < ratios.size(); ++i) ratios[i] = t.subject[i] / t.reference[i];
-  return median(std::move(ratios));
 }
 
 }  // namespace peft::bench

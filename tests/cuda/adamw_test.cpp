@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "cuda/gpu_adapter.hpp"
 #include "cuda/reference.hpp"
 
 namespace peft::gpu::test {
@@ -116,7 +117,7 @@ TEST_F(CudaAdamW, FusedUpdateOverManyTensorsMatchesCpu) {
 
 TEST_F(CudaAdamW, OptimizerOverLoraMatchesCpu) {
   const index_t n = 17, in = 129, out = 33;
-  const LoraConfig cfg{.r = 8, .alpha = 16, .dropout = 0.1f, .init = LoraInit::none, .seed = 4};
+  const LoraConfig cfg{.r = 8, .alpha = 16, .dropout = 0.1, .init = LoraInit::none, .seed = 4};
   const LayerOptions opts{.stream_id = 9};
   const AdamWOptions adam{.lr = 1e-2, .weight_decay = 0.1};
   const HostMatrix w0 = random_matrix(DType::f32, out, in, 1, 0.1);
@@ -130,7 +131,7 @@ TEST_F(CudaAdamW, OptimizerOverLoraMatchesCpu) {
   AdamW<float, Cpu> cpu_opt(adam);
   cpu_opt.add(cpu_layer);
 
-  auto gpu_layer = make_lora(DType::f32, w0.view(), cfg, opts, bias.view());
+  auto gpu_layer = make_adapter(DType::f32, {w0.view(), opts, bias.view()}, cfg);
   gpu_layer->add_to_optimizer(adam);
   const HostMatrix a0 = gpu_layer->parameter(0);
 

@@ -1,9 +1,10 @@
 # The CUDA tests (included by tests/CMakeLists.txt only when PEFT_CUDA).
 #
-# cuda_test: one GoogleTest executable. The GPU side lives in .cu files behind gpu.hpp, a plain
-# C++ interface; the test cases and their CPU references (with Eigen, which warns a lot under
-# nvcc) live in .cpp files. Every test skips with "no CUDA device: ..." where there is none, so
-# the executable builds and passes on a machine with nvcc and no GPU.
+# cuda_test: one GoogleTest executable. The GPU side lives in .cu files behind gpu.hpp,
+# gpu_adapter.hpp and gpu_sparse.hpp, a plain C++ interface; the test cases and their CPU
+# references (with Eigen, which warns a lot under nvcc) live in .cpp files. Every test skips
+# with "no CUDA device: ..." where there is none, so the executable builds and passes on a
+# machine with nvcc and no GPU.
 #
 # cuda_headers_check: every header of the CUDA backend (and peft/cuda.hpp) compiled alone,
 # twice, by nvcc, as tests/headers.cmake does for the host headers. Part of the default build
@@ -19,6 +20,11 @@ target_link_libraries(cuda_test PRIVATE peft::cuda GTest::gtest_main)
 target_include_directories(cuda_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 target_compile_options(cuda_test PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra>
                                          $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
+# The adapter factories (adapter_model.cuh) take the conformance cases from the CPU suite's list,
+# which includes the CPU backend and so Eigen. EIGEN_NO_CUDA is Eigen's switch for .cu files that
+# use it on the host only: without it Eigen marks its functions __host__ __device__ and nvcc
+# warns about them.
+target_compile_definitions(cuda_test PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:EIGEN_NO_CUDA>)
 gtest_discover_tests(cuda_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS cuda
                      ENVIRONMENT "OMP_NUM_THREADS=2")
 

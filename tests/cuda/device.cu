@@ -1,5 +1,5 @@
 // The device side of the CUDA tests' plumbing: availability, the shared context, device
-// matrices (through the library's upload and download) and the Lora factory.
+// matrices (through the library's upload and download).
 
 #include <cmath>
 #include <cstdlib>
@@ -95,6 +95,10 @@ CublasMathMode cublas_math_mode(bool allow_tf32) {
 
 void synchronize() {
   context().synchronize();
+}
+
+DeviceAllocations device_allocations() {
+  return {peft::detail::Allocator<Cuda>::allocations(), context().workspace().allocations()};
 }
 
 namespace {
@@ -223,23 +227,6 @@ DeviceBytes& DeviceBytes::operator=(DeviceBytes&&) noexcept = default;
 DeviceBytes::~DeviceBytes() = default;
 index_t DeviceBytes::size() const {
   return impl_->bytes.size();
-}
-
-// ---- Lora ------------------------------------------------------------------------------------
-
-std::unique_ptr<GpuLora> make_lora(DType dtype, HostView w0, const LoraConfig& config,
-                                   const LayerOptions& options, HostView bias, bool strided_w0) {
-  switch (dtype) {
-    case DType::f32:
-      return make_lora_f32(w0, config, options, bias, strided_w0);
-    case DType::f64:
-      return make_lora_f64(w0, config, options, bias, strided_w0);
-    case DType::f16:
-      return make_lora_f16(w0, config, options, bias, strided_w0);
-    case DType::bf16:
-      return make_lora_bf16(w0, config, options, bias, strided_w0);
-  }
-  throw Error(ErrorKind::invalid_argument, "make_lora: unknown dtype");
 }
 
 }  // namespace peft::gpu

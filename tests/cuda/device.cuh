@@ -87,14 +87,4 @@ MatrixView<const T, Cuda> cview(const DeviceMatrix& m) {
   return m.impl().view<const T>();
 }
 
-/// Factories of the typed Lora wrappers (one translation unit per element type).
-std::unique_ptr<GpuLora> make_lora_f32(HostView w0, const LoraConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuLora> make_lora_f64(HostView w0, const LoraConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuLora> make_lora_f16(HostView w0, const LoraConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuLora> make_lora_bf16(HostView w0, const LoraConfig& config,
-                                        const LayerOptions& options, HostView bias, bool strided);
-
 }  // namespace peft::gpu

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cuda/gpu_adapter.hpp"
 #include "cuda/reference.hpp"
 
 namespace peft::gpu::test {
@@ -38,13 +39,13 @@ TEST_F(CudaErrors, ElementwiseShapeMismatch) {
 TEST_F(CudaErrors, DropoutProbabilityOutOfRange) {
   DeviceMatrix x(DType::f32, 2, 2), out(DType::f32, 2, 2);
   const RandomStream s = make_stream(1, 0, RandomPurpose::dropout);
-  expect_error([&] { dropout(s, 1.0f, x, out); }, ErrorKind::invalid_argument, {"dropout: p is 1"});
-  expect_error([&] { dropout(s, -0.1f, x, out); }, ErrorKind::invalid_argument, {"dropout: p is"});
+  expect_error([&] { dropout(s, 1.0, x, out); }, ErrorKind::invalid_argument, {"dropout: p is 1"});
+  expect_error([&] { dropout(s, -0.1, x, out); }, ErrorKind::invalid_argument, {"dropout: p is"});
 }
 
 TEST_F(CudaErrors, LoraBadInput) {
   const HostMatrix w0 = random_matrix(DType::f32, 11, 13, 1);
-  auto layer = make_lora(DType::f32, w0.view(), {.r = 4, .init = LoraInit::none});
+  auto layer = make_adapter(DType::f32, {w0.view()}, LoraConfig{.r = 4, .init = LoraInit::none});
   DeviceMatrix x(DType::f32, 9, 14), y(DType::f32, 9, 11), dy(DType::f32, 9, 11);
   expect_error([&] { layer->forward(x, y); }, ErrorKind::shape,
                {"Lora::forward: x has 14 columns", "13 (in_features)"});

@@ -1,8 +1,9 @@
 #pragma once
 // The narrow, plain-C++ face of the GPU side of the CUDA tests. The .cu files behind it run the
 // CUDA backend; the .cpp files (GoogleTest cases and the CPU references, with Eigen) see only
-// this header: host Matrix<double, Cpu> in and out, element types as a runtime DType, device
-// memory behind opaque handles. No CUDA or Eigen type appears here.
+// this header (with gpu_adapter.hpp for the adapters and gpu_sparse.hpp for the sparse side):
+// host Matrix<double, Cpu> in and out, element types as a runtime DType, device memory behind
+// opaque handles. No CUDA or Eigen type appears here.
 
 #include <cstddef>
 #include <cstdint>
@@ -12,11 +13,10 @@
 #include <string>
 #include <vector>
 
-#include <peft/adapters/lora.hpp>
 #include <peft/core/adamw_step.hpp>
+#include <peft/core/backend.hpp>
 #include <peft/core/buffer.hpp>
 #include <peft/core/random.hpp>
-#include <peft/train/adamw.hpp>
 
 namespace peft::gpu {
 
@@ -61,6 +61,14 @@ bool context_alive();
 /// and calls exit(0). The handler runs after the destructors of statics constructed after it was
 /// registered, and ends the process with 0 when the context is still alive there, 3 when not.
 [[noreturn]] void exit_checking_context_outlives_statics();
+
+/// Allocations so far: device memory through the backend's allocator (cudaMalloc), and the
+/// shared test context's workspace.
+struct DeviceAllocations {
+  std::size_t backend = 0;
+  std::size_t workspace = 0;
+};
+DeviceAllocations device_allocations();
 
 /// What cublasGetMathMode reports for a context's cuBLAS handle.
 struct CublasMathMode {
@@ -141,7 +149,14 @@ double norm(const DeviceMatrix& x);
 bool all_finite(const DeviceMatrix& x);
 /// out = dropout(x) with the stream stored in device memory first (store_value). x and out
 /// may be the same matrix (pass it twice).
-void dropout(const RandomStream& stream, float p, const DeviceMatrix& x, DeviceMatrix& out);
+void dropout(const RandomStream& stream, double p, const DeviceMatrix& x, DeviceMatrix& out);
+/// AdaLoRA's statistics: value and grad of one dtype, the three statistics of one dtype (f32 or
+/// f64 each).
+void importance_update(double beta1, double beta2, const DeviceMatrix& value,
+                       const DeviceMatrix& grad, DeviceMatrix& sensitivity,
+                       DeviceMatrix& uncertainty, DeviceMatrix& score);
+/// y = x ⊙ y; any pair of dtypes.
+void multiply(const DeviceMatrix& x, DeviceMatrix& y);
 
 /// One tensor of a fused AdamW update: value, grad, m, v (value, m and v are updated).
 struct AdamWDeviceTensors {
@@ -159,52 +174,5 @@ std::vector<std::uint32_t> philox_bits(const RandomStream& stream,
 /// A kernel's uniform_symmetric(stream.bits(index), bound) for every index.
 std::vector<float> philox_uniform_symmetric(const RandomStream& stream, float bound,
                                             std::span<const std::uint64_t> indices);
-
-// ---- Lora<T, Cuda> ---------------------------------------------------------------------------
-
-/// A Lora<T, Cuda> (T from the dtype) with its frozen weight (and bias) in device memory, plus
-/// optionally an AdamW<param_t<T>, Cuda> over its parameters. Matrices passed in must have the
-/// layer's dtype; dx may be empty.
-class GpuLora {
- public:
-  virtual ~GpuLora() = default;
-  virtual DType dtype() const = 0;
-  virtual index_t reserve_bytes(index_t rows) const = 0;
-
-  virtual void forward(const DeviceMatrix& x, DeviceMatrix& y) = 0;
-  virtual void forward(const DeviceMatrix& x, DeviceMatrix& y, DeviceBytes& reserve) = 0;
-  virtual void forward_delta(const DeviceMatrix& x, DeviceMatrix& y) = 0;
-  virtual void forward_delta(const DeviceMatrix& x, DeviceMatrix& y, DeviceBytes& reserve) = 0;
-  virtual void backward(const DeviceMatrix& x, const DeviceMatrix& dy, DeviceMatrix& dx) = 0;
-  virtual void backward(const DeviceMatrix& x, const DeviceMatrix& dy, DeviceMatrix& dx,
-                        DeviceBytes& reserve) = 0;
-  virtual void backward_delta(const DeviceMatrix& x, const DeviceMatrix& dy, DeviceMatrix& dx) = 0;
-  virtual void backward_delta(const DeviceMatrix& x, const DeviceMatrix& dy, DeviceMatrix& dx,
-                              DeviceBytes& reserve) = 0;
-
-  virtual std::vector<std::string> parameter_names() const = 0;
-  /// Value and gradient of parameter i (in the order of Lora::parameters()), as double.
-  virtual HostMatrix parameter(std::size_t i) const = 0;
-  virtual HostMatrix gradient(std::size_t i) const = 0;
-  virtual void zero_grad() = 0;
-  virtual void set_training(bool training) = 0;
-
-  virtual bool merge() = 0;
-  virtual bool unmerge() = 0;
-  /// Lora::delta_weight into a fresh (NaN-filled: it must be overwritten) device matrix.
-  virtual HostMatrix delta_weight() = 0;
-  /// The frozen weight as it is now in device memory (changed by merge).
-  virtual HostMatrix base_weight() const = 0;
-
-  /// Creates the optimizer and adds the layer to it (once).
-  virtual void add_to_optimizer(const AdamWOptions& options) = 0;
-  virtual void optimizer_step() = 0;
-};
-
-/// w0 is [out, in] ([in, out] with fan_in_fan_out), bias 1 x out or empty. strided_w0 places the
-/// frozen weight inside a larger device matrix.
-std::unique_ptr<GpuLora> make_lora(DType dtype, HostView w0, const LoraConfig& config,
-                                   const LayerOptions& options = {}, HostView bias = {},
-                                   bool strided_w0 = false);
 
 }  // namespace peft::gpu

@@ -2,7 +2,8 @@
 // The sparse half of the CUDA tests' plain-C++ interface (gpu.hpp has the dense half and the
 // rules): CSR matrices in device memory, the sparse primitives of peft::gpu (spmm, sddmm,
 // add_sparse_to_dense, gather, csr_transpose_pattern, accumulate_squares, topk_pattern), and
-// Rosa<T, Cuda> with a RosaMaskBuilder<T, Cuda>. Host data goes in and out as Matrix<double, Cpu>
+// RoSA's extras over the adapter interface of gpu_adapter.hpp (the mask, a
+// RosaMaskBuilder<T, Cuda>). Host data goes in and out as Matrix<double, Cpu>
 // and CsrPattern; no CUDA or Eigen type appears here.
 
 #include <cstddef>
@@ -17,6 +18,7 @@
 #include <peft/train/rosa_mask.hpp>
 
 #include "gpu.hpp"
+#include "gpu_adapter.hpp"
 
 namespace peft::gpu {
 
@@ -127,9 +129,9 @@ WorkspaceUse topk_pattern_on_fresh_context(const DeviceMatrix& scores, index_t k
 // ---- Rosa<T, Cuda> ---------------------------------------------------------------------------
 
 /// A Rosa<T, Cuda> (T from the dtype) with its frozen weight (and bias) in device memory: the
-/// GpuLora interface (parameters lora_A, lora_B, rosa_S), plus the mask and a
+/// GpuAdapter interface (parameters lora_A, lora_B, rosa_S), plus the mask and a
 /// RosaMaskBuilder<T, Cuda> over the layer.
-class GpuRosa : public GpuLora {
+class GpuRosa : public GpuAdapter {
  public:
   virtual RosaForward forward_mode() const = 0;
   virtual index_t sparse_capacity() const = 0;
@@ -150,9 +152,8 @@ class GpuRosa : public GpuLora {
   virtual bool mask_builder_collecting() const = 0;
 };
 
-/// w0 is [out, in] ([in, out] with fan_in_fan_out), bias 1 x out or empty.
-std::unique_ptr<GpuRosa> make_rosa(DType dtype, HostView w0, const RosaConfig& config,
-                                   const LayerOptions& options = {}, HostView bias = {},
-                                   bool strided_w0 = false);
+/// Rosa<T, Cuda>.
+std::unique_ptr<GpuRosa> make_adapter(DType dtype, const AdapterArgs& args,
+                                      const RosaConfig& config);
 
 }  // namespace peft::gpu

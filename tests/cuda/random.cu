@@ -62,7 +62,7 @@ std::vector<float> philox_uniform_symmetric(const RandomStream& stream, float bo
       });
 }
 
-void dropout(const RandomStream& stream, float p, const DeviceMatrix& x, DeviceMatrix& out) {
+void dropout(const RandomStream& stream, double p, const DeviceMatrix& x, DeviceMatrix& out) {
   // The stream lives in device memory, as in a layer's reserve.
   Vector<std::byte, Cuda> slot(static_cast<index_t>(sizeof(RandomStream)));
   auto* d_stream = reinterpret_cast<RandomStream*>(slot.data());

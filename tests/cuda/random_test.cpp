@@ -69,7 +69,7 @@ TEST_F(CudaRandom, UniformsMatchHostBitForBit) {
 }
 
 /// The CPU dropout primitive on the same values and stream, as double.
-HostMatrix cpu_dropout(DType t, const RandomStream& stream, float p, HostView values) {
+HostMatrix cpu_dropout(DType t, const RandomStream& stream, double p, HostView values) {
   return with_host_type(t, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const auto x = to_typed<T>(values);
@@ -86,7 +86,7 @@ TEST_F(CudaRandom, DropoutMasksAndOutputsMatchCpu) {
   for (DType t : kAllTypes)
     for (const auto& [rows, cols] : kShapes)
       for (bool strided : {false, true})
-        for (const float p : {0.0f, 0.1f, 0.5f, 0.9f}) {
+        for (const double p : {0.0, 0.1, 0.3, 0.5, 0.9}) {
           SCOPED_TRACE(peft::detail::concat(describe(t, rows, cols, strided), " p=", p));
           const RandomStream s = make_stream(17, 3, RandomPurpose::dropout, ++step);
           const HostMatrix values = random_matrix(t, rows, cols, ++seed);
@@ -107,23 +107,42 @@ TEST_F(CudaRandom, DropoutKeepsTheExpectedFraction) {
   const RandomStream s = make_stream(5, 0, RandomPurpose::dropout, 0);
   const HostMatrix ones = filled(300, 257, 1.0);
   DeviceMatrix x(DType::f32, ones.view()), out(DType::f32, 300, 257);
-  dropout(s, 0.3f, x, out);
+  dropout(s, 0.3, x, out);
   const HostMatrix got = out.download();
   index_t kept = 0;
   for (index_t i = 0; i < got.size(); ++i) {
     if (got.data()[i] != 0.0) {
       ++kept;
-      EXPECT_EQ(got.data()[i], double(1.0f * (1.0f / (1.0f - 0.3f))));
+      // 1 - p in double (PyTorch's, for a Python float p), then the float scale.
+      EXPECT_EQ(got.data()[i], double(1.0f * (1.0f / float(1.0 - 0.3))));
     }
   }
   EXPECT_NEAR(double(kept) / double(got.size()), 0.7, 0.01);
 }
 
+TEST_F(CudaRandom, DropoutScaleIsOneOverOneMinusPInDouble) {
+  // p = 0.3 as a float is 0.30000001192...: a scale formed from it would differ from PyTorch's
+  // double result by ~1e-8 relative. A double layer keeps exactly 1 / (1 - 0.3).
+  const RandomStream s = make_stream(1, 2, RandomPurpose::dropout, 0);
+  const HostMatrix ones = filled(64, 64, 1.0);
+  DeviceMatrix x(DType::f64, ones.view()), out(DType::f64, 64, 64);
+  dropout(s, 0.3, x, out);
+  const HostMatrix got = out.download();
+  index_t kept = 0;
+  for (index_t i = 0; i < got.size(); ++i) {
+    if (got.data()[i] == 0.0) continue;
+    ++kept;
+    EXPECT_EQ(got.data()[i], 1.0 / (1.0 - 0.3));
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_NE(1.0 / (1.0 - 0.3), 1.0 / (1.0 - double(0.3f))) << "the test would not tell them apart";
+}
+
 TEST_F(CudaRandom, DifferentStepsGiveDifferentMasks) {
   const HostMatrix ones = filled(17, 129, 1.0);
   DeviceMatrix x(DType::f32, ones.view()), a(DType::f32, 17, 129), b(DType::f32, 17, 129);
-  dropout(make_stream(5, 0, RandomPurpose::dropout, 0), 0.5f, x, a);
-  dropout(make_stream(5, 0, RandomPurpose::dropout, 1), 0.5f, x, b);
+  dropout(make_stream(5, 0, RandomPurpose::dropout, 0), 0.5, x, a);
+  dropout(make_stream(5, 0, RandomPurpose::dropout, 1), 0.5, x, b);
   EXPECT_FALSE(bitwise_equal(a.download().view(), b.download().view()));
 }
 

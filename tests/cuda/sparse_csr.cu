@@ -1,5 +1,5 @@
 // CSR matrices of the CUDA tests: DeviceCsr over CsrMatrix<V, Cuda>, the pattern builders
-// (csr_transpose_pattern, topk_pattern) on uploaded inputs, and the Rosa factory.
+// (csr_transpose_pattern, topk_pattern) on uploaded inputs.
 
 #include <algorithm>
 
@@ -206,23 +206,6 @@ WorkspaceUse topk_pattern_on_fresh_context(const DeviceMatrix& scores, index_t k
   use.result.pattern = CsrPattern{rows, scores.cols(), host_indices(offsets.data(), rows + 1),
                                   host_indices(cols.data(), cols.size())};
   return use;
-}
-
-// ---- Rosa ------------------------------------------------------------------------------------
-
-std::unique_ptr<GpuRosa> make_rosa(DType dtype, HostView w0, const RosaConfig& config,
-                                   const LayerOptions& options, HostView bias, bool strided_w0) {
-  switch (dtype) {
-    case DType::f32:
-      return make_rosa_f32(w0, config, options, bias, strided_w0);
-    case DType::f64:
-      return make_rosa_f64(w0, config, options, bias, strided_w0);
-    case DType::f16:
-      return make_rosa_f16(w0, config, options, bias, strided_w0);
-    case DType::bf16:
-      return make_rosa_bf16(w0, config, options, bias, strided_w0);
-  }
-  throw Error(ErrorKind::invalid_argument, "make_rosa: unknown dtype");
 }
 
 }  // namespace peft::gpu

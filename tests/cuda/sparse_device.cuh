@@ -1,7 +1,6 @@
 #pragma once
 // What the sparse .cu files of the CUDA tests share: the inside of DeviceCsr (a CsrMatrix of
-// the element type behind a small base), typed access to it, index arrays on the device, and the
-// factories of the typed Rosa wrappers.
+// the element type behind a small base), typed access to it, and index arrays on the device.
 
 #include <span>
 #include <vector>
@@ -50,15 +49,5 @@ inline std::vector<std::int32_t> host_indices(const std::int32_t* device, index_
                   MatrixView<std::int32_t, Cpu>(host.data(), 1, n));
   return host;
 }
-
-/// Factories of the typed Rosa wrappers (one translation unit per element type).
-std::unique_ptr<GpuRosa> make_rosa_f32(HostView w0, const RosaConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuRosa> make_rosa_f64(HostView w0, const RosaConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuRosa> make_rosa_f16(HostView w0, const RosaConfig& config,
-                                       const LayerOptions& options, HostView bias, bool strided);
-std::unique_ptr<GpuRosa> make_rosa_bf16(HostView w0, const RosaConfig& config,
-                                        const LayerOptions& options, HostView bias, bool strided);
 
 }  // namespace peft::gpu

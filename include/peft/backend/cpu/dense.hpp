@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 
 #include "../../core/dtype.hpp"
+#include "../checks.hpp"
 #include "context.hpp"
 #include "eigen_interop.hpp"
 
@@ -162,14 +163,8 @@ void gemm(Context<Cpu>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cpu>
   static_assert(std::is_same_v<TC, T> || (is_16bit_v<T> && std::is_same_v<TC, float>),
                 "gemm: C must have the type of A and B, or float for 16-bit A and B");
 
-  const index_t m = op_a == Op::N ? a.rows() : a.cols();
-  const index_t k = op_a == Op::N ? a.cols() : a.rows();
-  const index_t kb = op_b == Op::N ? b.rows() : b.cols();
-  const index_t n = op_b == Op::N ? b.cols() : b.rows();
-  PEFT_CHECK_SHAPE(k == kb, "gemm: op(A) is ", m, " x ", k, " but op(B) is ", kb, " x ", n,
-                   " (inner dimensions differ)");
-  PEFT_CHECK_SHAPE(c.rows() == m && c.cols() == n, "gemm: C is ", shape_string(c),
-                   ", op(A) op(B) is ", m, " x ", n);
+  const peft::detail::ProductShape shape = peft::detail::check_gemm(op_a, a, op_b, b, c);
+  const index_t m = shape.m, n = shape.n, k = shape.k;
   if (m == 0 || n == 0) return;
   detail::apply_threads(ctx);
 

@@ -10,6 +10,7 @@
 #include "../../core/adamw_step.hpp"
 #include "../../core/dtype.hpp"
 #include "../../core/random.hpp"
+#include "../checks.hpp"
 #include "context.hpp"
 
 namespace peft::cpu {
@@ -18,11 +19,8 @@ namespace detail {
 // Loops shorter than this stay on one thread: waking threads costs more than they save.
 inline constexpr index_t kParallelElements = index_t{1} << 15;
 
-template <class A, class B>
-void check_same_shape(const char* what, const MatrixView<A, Cpu>& x, const MatrixView<B, Cpu>& y) {
-  PEFT_CHECK_SHAPE(x.rows() == y.rows() && x.cols() == y.cols(), what, ": shapes differ, ",
-                   shape_string(x), " and ", shape_string(y));
-}
+// The argument checks shared with the CUDA backend (backend/checks.hpp).
+using peft::detail::check_same_shape;
 
 }  // namespace detail
 
@@ -71,8 +69,7 @@ void copy(Context<Cpu>& ctx, MatrixView<TS, Cpu> src, MatrixView<TD, Cpu> dst) {
 /// Every row of y = b (the bias, before the GEMMs accumulate into y).
 template <class TB, class T>
 void broadcast_rows(Context<Cpu>& ctx, VectorView<TB, Cpu> b, MatrixView<T, Cpu> y) {
-  PEFT_CHECK_SHAPE(b.size() == y.cols(), "broadcast_rows: vector has ", b.size(),
-                   " elements, matrix has ", y.cols(), " columns");
+  peft::detail::check_broadcast_rows(b, y);
   const index_t rows = y.rows(), cols = y.cols();
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > detail::kParallelElements)
   for (index_t i = 0; i < rows; ++i)
@@ -87,12 +84,8 @@ template <class TX, class T>
 void dropout(Context<Cpu>& ctx, const RandomStream* stream, double p, MatrixView<TX, Cpu> x,
              MatrixView<T, Cpu> out) {
   detail::check_same_shape("dropout", x, out);
-  PEFT_CHECK_ARG(p >= 0.0 && p < 1.0, "dropout: p is ", p, ", expected in [0, 1)");
-  PEFT_CHECK_ARG(stream != nullptr, "dropout: null random stream");
   const index_t rows = x.rows(), cols = x.cols();
-  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements,
-                   "dropout: ", rows * cols, " elements exceed one random stream (",
-                   kMaxStreamElements, ")");
+  peft::detail::check_dropout(p, stream, rows, cols);
   const RandomStream s = *stream;
   const std::uint32_t threshold = dropout_threshold(p);
   using S = accum_t<std::remove_const_t<T>>;  // double stays double

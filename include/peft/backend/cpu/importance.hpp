@@ -16,10 +16,8 @@ void importance_update(Context<Cpu>& ctx, double beta1, double beta2,
                        MatrixView<const P, Cpu> value, MatrixView<const P, Cpu> grad,
                        MatrixView<S, Cpu> sensitivity, MatrixView<S, Cpu> uncertainty,
                        MatrixView<S, Cpu> score) {
-  detail::check_same_shape("importance_update", value, grad);
-  detail::check_same_shape("importance_update", value, sensitivity);
-  detail::check_same_shape("importance_update", value, uncertainty);
-  detail::check_same_shape("importance_update", value, score);
+  peft::detail::check_same_shapes("importance_update", value, grad, sensitivity, uncertainty,
+                                  score);
   const index_t rows = value.rows(), cols = value.cols();
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > detail::kParallelElements)
   for (index_t i = 0; i < rows; ++i)

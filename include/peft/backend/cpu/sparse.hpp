@@ -15,6 +15,7 @@
 #include "../../core/dtype.hpp"
 #include "../../core/sparse.hpp"
 #include "../../core/view.hpp"
+#include "../checks.hpp"
 #include "context.hpp"
 
 namespace peft {
@@ -25,11 +26,9 @@ class SparseCache<Cpu> {};
 namespace cpu {
 namespace detail {
 
-template <class V, class B>
-void check_csr_shape(const char* where, const CsrView<V, B>& s, index_t rows, index_t cols) {
-  PEFT_CHECK_SHAPE(s.rows == rows && s.cols == cols, where, ": the sparse matrix is ", s.rows,
-                   " x ", s.cols, ", expected ", rows, " x ", cols);
-}
+// The argument checks shared with the CUDA backend (backend/checks.hpp).
+using peft::detail::check_csr_shape;
+using peft::detail::check_same_shape;
 
 /// sddmm for op(A) = Aᵀ, op(B) = B (RoSA's dyᵀ x): the entries are split between threads, and
 /// each thread streams over the rows l of A and B, adding A(l, r) B(l, c) to its entries. Rows of
@@ -113,12 +112,7 @@ void spmm(Context<Cpu>& ctx, double alpha, MatrixView<TX, Cpu> x, const SparseOp
           Op op, double beta, MatrixView<TY, Cpu> y) {
   const auto& s = op_s.s;
   const index_t n = x.rows();
-  if (op == Op::T) {
-    detail::check_csr_shape("spmm (X Sᵀ)", s, y.cols(), x.cols());
-  } else {
-    detail::check_csr_shape("spmm (X S)", s, x.cols(), y.cols());
-  }
-  PEFT_CHECK_SHAPE(y.rows() == n, "spmm: Y has ", y.rows(), " rows, X has ", n);
+  peft::detail::check_spmm(x, s, op, y);
   using A = accum_t<std::remove_const_t<TY>>;
   const A a = static_cast<A>(alpha), b = static_cast<A>(beta);
   typename peft::detail::Workspace<Cpu>::Frame frame(ctx.workspace());
@@ -168,12 +162,7 @@ template <class TA, class TB, class V>
 void sddmm(Context<Cpu>& ctx, double alpha, Op op_a, MatrixView<TA, Cpu> a, Op op_b,
            MatrixView<TB, Cpu> b, double beta, const CsrView<V, Cpu>& s) {
   static_assert(!std::is_const_v<V>, "sddmm writes the values of S");
-  const index_t m = op_a == Op::N ? a.rows() : a.cols();
-  const index_t k = op_a == Op::N ? a.cols() : a.rows();
-  const index_t kb = op_b == Op::N ? b.rows() : b.cols();
-  const index_t n = op_b == Op::N ? b.cols() : b.rows();
-  PEFT_CHECK_SHAPE(k == kb, "sddmm: op(A) is ", m, " x ", k, " but op(B) is ", kb, " x ", n);
-  detail::check_csr_shape("sddmm", s, m, n);
+  const index_t k = peft::detail::check_sddmm(op_a, a, op_b, b, s).k;
   using Acc = accum_t<V>;
   if (op_a == Op::T && op_b == Op::N) {
     detail::sddmm_rows_streamed(ctx, alpha, a, b, beta, s);
@@ -219,8 +208,7 @@ void add_sparse_to_dense(Context<Cpu>& ctx, double alpha, const CsrView<V, Cpu>&
 template <class TS, class TD>
 void gather(Context<Cpu>& ctx, VectorView<TS, Cpu> src, VectorView<const std::int32_t, Cpu> index,
             VectorView<TD, Cpu> dst) {
-  PEFT_CHECK_SHAPE(index.size() == dst.size(), "gather: ", index.size(), " indices for ",
-                   dst.size(), " outputs");
+  peft::detail::check_gather(index, dst);
   const index_t n = dst.size();
 #pragma omp parallel for num_threads(ctx.threads()) if (n > (index_t{1} << 16))
   for (index_t k = 0; k < n; ++k) dst[k] = convert_value<std::remove_const_t<TD>>(src[index[k]]);
@@ -233,10 +221,7 @@ void csr_transpose_pattern(Context<Cpu>& ctx, const CsrView<V, Cpu>& s,
                            VectorView<std::int32_t, Cpu> t_row_offsets,
                            VectorView<std::int32_t, Cpu> t_col_indices,
                            VectorView<std::int32_t, Cpu> perm) {
-  PEFT_CHECK_SHAPE(
-      t_row_offsets.size() == s.cols + 1 && t_col_indices.size() >= s.nnz && perm.size() >= s.nnz,
-      "csr_transpose_pattern: output sizes do not fit a ", s.rows, " x ", s.cols, " matrix with ",
-      s.nnz, " entries");
+  peft::detail::check_csr_transpose_outputs(s, t_row_offsets, t_col_indices, perm);
   for (index_t c = 0; c <= s.cols; ++c) t_row_offsets[c] = 0;
   for (index_t e = 0; e < s.nnz; ++e) ++t_row_offsets[s.col_indices[e] + 1];
   for (index_t c = 0; c < s.cols; ++c) t_row_offsets[c + 1] += t_row_offsets[c];
@@ -255,9 +240,7 @@ void csr_transpose_pattern(Context<Cpu>& ctx, const CsrView<V, Cpu>& s,
 template <class TS, class TD>
 void accumulate_squares(Context<Cpu>& ctx, double alpha, MatrixView<TS, Cpu> src,
                         MatrixView<TD, Cpu> dst) {
-  PEFT_CHECK_SHAPE(src.rows() == dst.rows() && src.cols() == dst.cols(),
-                   "accumulate_squares: shapes differ, ", shape_string(src), " and ",
-                   shape_string(dst));
+  detail::check_same_shape("accumulate_squares", src, dst);
   const index_t rows = src.rows(), cols = src.cols();
 #pragma omp parallel for num_threads(ctx.threads()) if (rows * cols > (index_t{1} << 15))
   for (index_t i = 0; i < rows; ++i)
@@ -278,10 +261,7 @@ void topk_pattern(Context<Cpu>&, MatrixView<T, Cpu> scores, index_t k,
                   VectorView<std::int32_t, Cpu> row_offsets,
                   VectorView<std::int32_t, Cpu> col_indices) {
   const index_t rows = scores.rows(), cols = scores.cols();
-  PEFT_CHECK_ARG(k >= 0 && k <= rows * cols, "topk_pattern: k is ", k, ", expected in [0, ",
-                 rows * cols, "]");
-  PEFT_CHECK_SHAPE(row_offsets.size() == rows + 1 && col_indices.size() >= k,
-                   "topk_pattern: output sizes do not fit ", rows, " rows and ", k, " entries");
+  peft::detail::check_topk(k, rows, cols, row_offsets, col_indices);
   for (index_t i = 0; i < rows; ++i)
     for (index_t j = 0; j < cols; ++j)
       PEFT_CHECK(std::isfinite(convert_value<double>(scores(i, j))), ErrorKind::numeric,

@@ -6,6 +6,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "../checks.hpp"
 #include "context.hpp"
 #include "dtype.cuh"
 #include "elementwise.cuh"
@@ -31,14 +32,7 @@ void gemm(Context<Cuda>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cud
   static_assert(std::is_same_v<TC, T> || (is_16bit_v<T> && std::is_same_v<TC, float>),
                 "gemm: C must have the type of A and B, or float for 16-bit A and B");
 
-  const index_t m = op_a == Op::N ? a.rows() : a.cols();
-  const index_t k = op_a == Op::N ? a.cols() : a.rows();
-  const index_t kb = op_b == Op::N ? b.rows() : b.cols();
-  const index_t n = op_b == Op::N ? b.cols() : b.rows();
-  PEFT_CHECK_SHAPE(k == kb, "gemm: op(A) is ", m, " x ", k, " but op(B) is ", kb, " x ", n,
-                   " (inner dimensions differ)");
-  PEFT_CHECK_SHAPE(c.rows() == m && c.cols() == n, "gemm: C is ", shape_string(c),
-                   ", op(A) op(B) is ", m, " x ", n);
+  const auto [m, n, k] = peft::detail::check_gemm(op_a, a, op_b, b, c);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // no products: C = beta C, as on the CPU (never hand cuBLAS empty operands)
     if (beta == 0)

@@ -9,18 +9,15 @@
 
 #include "../../core/adamw_step.hpp"
 #include "../../core/random.hpp"
+#include "../checks.hpp"
 #include "dtype.cuh"
 #include "launch.cuh"
 
 namespace peft::gpu {
 namespace detail {
 
-template <class A, class B>
-void check_same_shape(const char* what, const MatrixView<A, Cuda>& x,
-                      const MatrixView<B, Cuda>& y) {
-  PEFT_CHECK_SHAPE(x.rows() == y.rows() && x.cols() == y.cols(), what, ": shapes differ, ",
-                   shape_string(x), " and ", shape_string(y));
-}
+// The argument checks shared with the CPU backend (backend/checks.hpp).
+using peft::detail::check_same_shape;
 
 /// Arithmetic type of element-wise math: double for double, float otherwise.
 template <class T>
@@ -190,30 +187,27 @@ void copy(Context<Cuda>& ctx, MatrixView<TS, Cuda> src, MatrixView<TD, Cuda> dst
 /// Every row of y = b.
 template <class TB, class T>
 void broadcast_rows(Context<Cuda>& ctx, VectorView<TB, Cuda> b, MatrixView<T, Cuda> y) {
-  PEFT_CHECK_SHAPE(b.size() == y.cols(), "broadcast_rows: vector has ", b.size(),
-                   " elements, matrix has ", y.cols(), " columns");
+  peft::detail::check_broadcast_rows(b, y);
   using BU = std::remove_const_t<TB>;
   detail::for_each_element(ctx, y.rows(), y.cols(),
                            detail::BroadcastRowsOp<BU, T>{b.data(), b.inc(), y.data(), y.stride()});
 }
 
 /// out = x ⊙ mask / (1 - p), bit-identical to the CPU primitive for the same stream: element
-/// (i, j) is kept when stream.bits(i * cols + j) >= dropout_threshold(p). `stream` points to
-/// device memory (a layer's reserve). x and out may be the same view.
+/// (i, j) is kept when stream.bits(i * cols + j) >= dropout_threshold(p), and kept elements are
+/// scaled by 1 / (1 - p) with 1 - p formed in double (PyTorch's x · (mask / (1 - p)) for a
+/// Python float p) and rounded once to the output's arithmetic type, as the CPU does. `stream`
+/// points to device memory (a layer's reserve). x and out may be the same view. p in [0, 1).
 template <class TX, class T>
-void dropout(Context<Cuda>& ctx, const RandomStream* stream, float p, MatrixView<TX, Cuda> x,
+void dropout(Context<Cuda>& ctx, const RandomStream* stream, double p, MatrixView<TX, Cuda> x,
              MatrixView<T, Cuda> out) {
   detail::check_same_shape("dropout", x, out);
-  PEFT_CHECK_ARG(p >= 0.0f && p < 1.0f, "dropout: p is ", p, ", expected in [0, 1)");
-  PEFT_CHECK_ARG(stream != nullptr, "dropout: null random stream");
   const index_t rows = x.rows(), cols = x.cols();
-  PEFT_CHECK_SHAPE(static_cast<std::uint64_t>(rows * cols) <= kMaxStreamElements,
-                   "dropout: ", rows * cols, " elements exceed one random stream (",
-                   kMaxStreamElements, ")");
+  peft::detail::check_dropout(p, stream, rows, cols);
   if (rows == 0 || cols == 0) return;
   using S = detail::math_t<T>;
   using X = std::remove_const_t<TX>;
-  const S keep_scale = S(1) / (S(1) - S(p));
+  const S keep_scale = S(1) / S(1.0 - p);
   detail::dropout_kernel<X, T>
       <<<detail::grid_size((rows * cols + 3) / 4), detail::kThreadsPerBlock, 0, ctx.stream()>>>(
           stream, dropout_threshold(p), keep_scale, x.data(), x.stride(), out.data(), out.stride(),

@@ -54,10 +54,8 @@ void importance_update(Context<Cuda>& ctx, double beta1, double beta2,
                        MatrixView<S, Cuda> score) {
   static_assert(std::is_floating_point_v<P> && std::is_floating_point_v<S>,
                 "importance_update: fp32 or fp64 parameters and statistics");
-  detail::check_same_shape("importance_update", value, grad);
-  detail::check_same_shape("importance_update", value, sensitivity);
-  detail::check_same_shape("importance_update", value, uncertainty);
-  detail::check_same_shape("importance_update", value, score);
+  peft::detail::check_same_shapes("importance_update", value, grad, sensitivity, uncertainty,
+                                  score);
   detail::for_each_element(
       ctx, value.rows(), value.cols(),
       detail::ImportanceOp<P, S>{value.data(), value.stride(), grad.data(), grad.stride(),

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../../core/sparse.hpp"
+#include "../checks.hpp"
 #include "dtype.cuh"
 #include "elementwise.cuh"  // detail::math_t
 #include "launch.cuh"
@@ -69,11 +70,8 @@ class SparseCache<Cuda> {
 namespace gpu {
 namespace detail {
 
-template <class V, class B>
-void check_csr_shape(const char* where, const CsrView<V, B>& s, index_t rows, index_t cols) {
-  PEFT_CHECK_SHAPE(s.rows == rows && s.cols == cols, where, ": the sparse matrix is ", s.rows,
-                   " x ", s.cols, ", expected ", rows, " x ", cols);
-}
+// The argument checks shared with the CPU backend (backend/checks.hpp).
+using peft::detail::check_csr_shape;
 
 template <class T>
 constexpr cudaDataType_t compute_type() {
@@ -383,14 +381,9 @@ void spmm(Context<Cuda>& ctx, double alpha, MatrixView<TX, Cuda> x,
                     std::is_same_v<std::remove_const_t<TX>, TY>,
                 "spmm on the GPU: X, S and Y share one element type");
   const CsrView<const V, Cuda>& a = op == Op::T ? op_s.s : op_s.st;  // the CSR matrix op(S)ᵀ
-  if (op == Op::T) {
-    detail::check_csr_shape("spmm (X Sᵀ)", op_s.s, y.cols(), x.cols());
-  } else {
-    detail::check_csr_shape("spmm (X S)", op_s.s, x.cols(), y.cols());
-    PEFT_CHECK_ARG(op_s.st.row_offsets != nullptr && op_s.st.nnz == op_s.s.nnz,
-                   "spmm (X S) on the GPU needs the transpose Sᵀ in the operand");
-  }
-  PEFT_CHECK_SHAPE(y.rows() == x.rows(), "spmm: Y has ", y.rows(), " rows, X has ", x.rows());
+  peft::detail::check_spmm(x, op_s.s, op, y);
+  PEFT_CHECK_ARG(op == Op::T || (op_s.st.row_offsets != nullptr && op_s.st.nnz == op_s.s.nnz),
+                 "spmm (X S) on the GPU needs the transpose Sᵀ in the operand");
   PEFT_CHECK_ARG(op_s.cache != nullptr, "spmm: the operand has no SparseCache");
   if (y.empty()) return;
   if (a.nnz == 0) {  // cuSPARSE rejects empty matrices on some versions: Y = beta Y
@@ -438,12 +431,7 @@ void sddmm(Context<Cuda>& ctx, double alpha, Op op_a, MatrixView<TA, Cuda> a, Op
            MatrixView<TB, Cuda> b, double beta, const CsrView<V, Cuda>& s) {
   static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>,
                 "sddmm on the GPU writes float or double values");
-  const index_t m = op_a == Op::N ? a.rows() : a.cols();
-  const index_t k = op_a == Op::N ? a.cols() : a.rows();
-  const index_t kb = op_b == Op::N ? b.rows() : b.cols();
-  const index_t n = op_b == Op::N ? b.cols() : b.rows();
-  PEFT_CHECK_SHAPE(k == kb, "sddmm: op(A) is ", m, " x ", k, " but op(B) is ", kb, " x ", n);
-  detail::check_csr_shape("sddmm", s, m, n);
+  const index_t k = peft::detail::check_sddmm(op_a, a, op_b, b, s).k;
   if (s.nnz == 0) return;
   // BLAS semantics: with beta = 0 the old values are not read (they may hold NaN). cuSPARSE
   // computes alpha (op(A) op(B)) ⊙ spy(C) + beta C, and 0 NaN is NaN: zero them first.
@@ -516,8 +504,7 @@ void add_sparse_to_dense(Context<Cuda>& ctx, double alpha, const CsrView<V, Cuda
 template <class TS, class TD>
 void gather(Context<Cuda>& ctx, VectorView<TS, Cuda> src,
             VectorView<const std::int32_t, Cuda> index, VectorView<TD, Cuda> dst) {
-  PEFT_CHECK_SHAPE(index.size() == dst.size(), "gather: ", index.size(), " indices for ",
-                   dst.size(), " outputs");
+  peft::detail::check_gather(index, dst);
   PEFT_CHECK_SHAPE(src.inc() == 1 && index.inc() == 1 && dst.inc() == 1,
                    "gather: vectors must be contiguous on the GPU");
   if (dst.empty()) return;
@@ -546,10 +533,7 @@ void csr_transpose_pattern(Context<Cuda>& ctx, const CsrView<V, Cuda>& s,
                            VectorView<std::int32_t, Cuda> t_row_offsets,
                            VectorView<std::int32_t, Cuda> t_col_indices,
                            VectorView<std::int32_t, Cuda> perm) {
-  PEFT_CHECK_SHAPE(
-      t_row_offsets.size() == s.cols + 1 && t_col_indices.size() >= s.nnz && perm.size() >= s.nnz,
-      "csr_transpose_pattern: output sizes do not fit a ", s.rows, " x ", s.cols, " matrix with ",
-      s.nnz, " entries");
+  peft::detail::check_csr_transpose_outputs(s, t_row_offsets, t_col_indices, perm);
   if (s.nnz == 0) {
     PEFT_CUDA_CHECK(cudaMemsetAsync(t_row_offsets.data(), 0, sizeof(std::int32_t) * (s.cols + 1),
                                     ctx.stream()));
@@ -593,9 +577,7 @@ void topk_pattern(Context<Cuda>& ctx, MatrixView<T, Cuda> scores, index_t k,
                 "topk_pattern on the GPU takes float or double scores");
   using Key = detail::key_t<U>;
   const index_t rows = scores.rows(), cols = scores.cols(), total = rows * cols;
-  PEFT_CHECK_ARG(k >= 0 && k <= total, "topk_pattern: k is ", k, ", expected in [0, ", total, "]");
-  PEFT_CHECK_SHAPE(row_offsets.size() == rows + 1 && col_indices.size() >= k,
-                   "topk_pattern: output sizes do not fit ", rows, " rows and ", k, " entries");
+  peft::detail::check_topk(k, rows, cols, row_offsets, col_indices);
   PEFT_CHECK_SHAPE(total <= INT32_MAX, "topk_pattern: ", total, " scores exceed int32 indices");
   detail::TopkScratch scratch(ctx, rows);
   auto* bins = scratch.bins();
