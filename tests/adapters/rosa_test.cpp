@@ -16,16 +16,6 @@ static_assert(Adapter<Rosa<Eigen::bfloat16, Cpu>>);
 
 constexpr index_t kN = 5, kIn = 7, kOut = 6, kR = 2;
 
-CsrPattern some_pattern(index_t rows, index_t cols, index_t nnz, std::uint32_t seed) {
-  std::vector<index_t> flat(static_cast<std::size_t>(rows * cols));
-  std::iota(flat.begin(), flat.end(), 0);
-  std::mt19937 gen(seed);
-  std::shuffle(flat.begin(), flat.end(), gen);
-  Matrix<std::uint8_t, Cpu> mask(rows, cols);
-  for (index_t e = 0; e < nnz; ++e) mask.data()[flat[e]] = 1;
-  return CsrPattern::from_mask(as_const(mask.view()));
-}
-
 /// A layer with a mask and random, non-zero S values and init = none factors.
 template <class T>
 Rosa<T, Cpu> make_rosa(HostCtx& ctx, MatrixView<const T, Cpu> w0, RosaForward mode,
@@ -39,7 +29,7 @@ Rosa<T, Cpu> make_rosa(HostCtx& ctx, MatrixView<const T, Cpu> w0, RosaForward mo
                  .density = 0.25,
                  .forward = mode};
   Rosa<T, Cpu> layer(ctx, w0, cfg, {.stream_id = 2});
-  layer.set_mask(ctx, some_pattern(kOut, kIn, layer.sparse_capacity(), 1));
+  layer.set_mask(ctx, random_mask_pattern(kOut, kIn, layer.sparse_capacity(), 1));
   auto s = layer.parameters()[2].value;
   std::mt19937 gen(3);
   std::uniform_real_distribution<double> dist(-1, 1);
@@ -243,7 +233,7 @@ TEST(Rosa, WithoutMaskItIsLora) {
   EXPECT_EQ(norm(ctx, as_const(rosa.parameters()[2].grad)), 0.0);
   // The optimizer's view of S stays the same storage when the mask arrives.
   auto s_view = rosa.parameters()[2].value;
-  rosa.set_mask(ctx, some_pattern(kOut, kIn, rosa.sparse_capacity(), 5));
+  rosa.set_mask(ctx, random_mask_pattern(kOut, kIn, rosa.sparse_capacity(), 5));
   EXPECT_EQ(rosa.parameters()[2].value.data(), s_view.data());
   EXPECT_TRUE(rosa.has_mask());
 }
@@ -359,9 +349,9 @@ TEST(Rosa, BadInputThrows) {
   expect_error([&] { Rosa<float, Cpu>(ctx, w0.view(), {.lora = {.r = 0}}); },
                ErrorKind::invalid_argument, {"r is 0"});
   Rosa<float, Cpu> layer(ctx, w0.view(), {.density = 0.1});
-  expect_error([&] { layer.set_mask(ctx, some_pattern(kOut, kIn, 10, 1)); }, ErrorKind::shape,
-               {"pattern has 10 entries", "room for 4"});
-  expect_error([&] { layer.set_mask(ctx, some_pattern(kIn, kOut, 2, 1)); }, ErrorKind::shape,
+  expect_error([&] { layer.set_mask(ctx, random_mask_pattern(kOut, kIn, 10, 1)); },
+               ErrorKind::shape, {"pattern has 10 entries", "room for 4"});
+  expect_error([&] { layer.set_mask(ctx, random_mask_pattern(kIn, kOut, 2, 1)); }, ErrorKind::shape,
                {"pattern is 7 x 6"});
   Matrix<float, Cpu> x(kN, kIn + 1), y(kN, kOut);
   expect_error([&] { layer.forward(ctx, x.view(), y.view()); }, ErrorKind::shape,

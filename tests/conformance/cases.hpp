@@ -20,27 +20,18 @@ struct LoraCase {
   }
 };
 
-struct RosaDenseAddCase {
-  static constexpr const char* name = "RosaDenseAdd";
+/// RoSA in one forward mode (the sparse part through W0 + S, or through a sparse product).
+template <RosaForward Mode>
+struct RosaCase {
+  static constexpr const char* name = Mode == RosaForward::spmm ? "RosaSpmm" : "RosaDenseAdd";
   template <class T, class B>
   using Layer = Rosa<T, B>;
   static RosaConfig config(double dropout, bool fan_in_fan_out) {
-    return {.lora = LoraCase::config(dropout, fan_in_fan_out),
-            .density = 0.3,
-            .forward = RosaForward::dense_add};
+    return {.lora = LoraCase::config(dropout, fan_in_fan_out), .density = 0.3, .forward = Mode};
   }
 };
-
-struct RosaSpmmCase {
-  static constexpr const char* name = "RosaSpmm";
-  template <class T, class B>
-  using Layer = Rosa<T, B>;
-  static RosaConfig config(double dropout, bool fan_in_fan_out) {
-    return {.lora = LoraCase::config(dropout, fan_in_fan_out),
-            .density = 0.3,
-            .forward = RosaForward::spmm};
-  }
-};
+using RosaDenseAddCase = RosaCase<RosaForward::dense_add>;
+using RosaSpmmCase = RosaCase<RosaForward::spmm>;
 
 struct AdaLoraCase {
   static constexpr const char* name = "AdaLora";

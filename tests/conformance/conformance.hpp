@@ -28,24 +28,13 @@ struct EveryDtype<CaseList<Cases...>> {
                                 Combo<Cases, Eigen::bfloat16>...>;
 };
 
-/// A random pattern of `nnz` entries (for methods with a sparse part).
-inline CsrPattern random_pattern(index_t rows, index_t cols, index_t nnz, std::uint32_t seed) {
-  std::vector<index_t> flat(static_cast<std::size_t>(rows * cols));
-  std::iota(flat.begin(), flat.end(), 0);
-  std::mt19937 gen(seed);
-  std::shuffle(flat.begin(), flat.end(), gen);
-  Matrix<std::uint8_t, Cpu> mask(rows, cols);
-  for (index_t e = 0; e < nnz; ++e) mask.data()[flat[static_cast<std::size_t>(e)]] = 1;
-  return CsrPattern::from_mask(as_const(mask.view()));
-}
-
 /// Gives every parameter deterministic values in [-0.5, 0.5] (and a sparse part its mask), so
 /// that the adapter's contribution is not zero whatever the method's init.
 template <class Layer>
 void randomise(Context<Cpu>& ctx, Layer& layer, std::uint32_t seed) {
   if constexpr (requires(CsrPattern p) { layer.set_mask(ctx, p); })
-    layer.set_mask(ctx, random_pattern(layer.out_features(), layer.in_features(),
-                                       layer.sparse_capacity(), seed));
+    layer.set_mask(ctx, random_mask_pattern(layer.out_features(), layer.in_features(),
+                                            layer.sparse_capacity(), seed));
   std::mt19937 gen(seed);
   std::uniform_real_distribution<double> dist(-0.5, 0.5);
   for (auto& p : layer.parameters())

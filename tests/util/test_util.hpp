@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <string>
+#include <vector>
 
 #include <peft/peft.hpp>
 
@@ -20,6 +23,17 @@ Matrix<T, Cpu> random_matrix(index_t rows, index_t cols, std::uint32_t seed, dou
   std::uniform_real_distribution<double> dist(-scale, scale);
   for (index_t i = 0; i < m.size(); ++i) m.data()[i] = convert_value<T>(dist(gen));
   return m;
+}
+
+/// A pattern of `nnz` entries at random positions of a rows x cols matrix (for sparse parts).
+inline CsrPattern random_mask_pattern(index_t rows, index_t cols, index_t nnz, std::uint32_t seed) {
+  std::vector<index_t> flat(static_cast<std::size_t>(rows * cols));
+  std::iota(flat.begin(), flat.end(), 0);
+  std::mt19937 gen(seed);
+  std::shuffle(flat.begin(), flat.end(), gen);
+  Matrix<std::uint8_t, Cpu> mask(rows, cols);
+  for (index_t e = 0; e < nnz; ++e) mask.data()[flat[static_cast<std::size_t>(e)]] = 1;
+  return CsrPattern::from_mask(as_const(mask.view()));
 }
 
 /// Copy of a view with element conversion into an owning matrix of type D.
