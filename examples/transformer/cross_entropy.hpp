@@ -1,0 +1,33 @@
+#pragma once
+// Mean softmax cross-entropy of each row of the logits against its target (next character).
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.hpp"
+
+namespace tfm {
+
+// Returns the mean loss over the rows; writes dlogits = (softmax - onehot) / rows, the gradient
+// of that mean, unless dlogits is empty (evaluation).
+template <class T>
+double cross_entropy(CView<T> logits, const std::vector<int>& targets, View<T> dlogits) {
+  const index_t n = logits.rows(), v = logits.cols();
+  double total = 0;
+  for (index_t i = 0; i < n; ++i) {
+    double top = double(logits(i, 0));
+    for (index_t j = 1; j < v; ++j) top = std::max(top, double(logits(i, j)));
+    double sum = 0;
+    for (index_t j = 0; j < v; ++j) sum += std::exp(double(logits(i, j)) - top);
+    const int y = targets[std::size_t(i)];
+    total += std::log(sum) - (double(logits(i, y)) - top);
+    if (dlogits.empty()) continue;
+    for (index_t j = 0; j < v; ++j)
+      dlogits(i, j) =
+          T((std::exp(double(logits(i, j)) - top) / sum - (j == y ? 1.0 : 0.0)) / double(n));
+  }
+  return total / double(n);
+}
+
+}  // namespace tfm
