@@ -39,15 +39,16 @@ CView<T> head_block(CView<T> m, const AttentionShape& s, index_t b, index_t h) {
 
 // Masked, numerically stable softmax of each row of the scores, in place: entries right of the
 // diagonal get probability 0.
+// The exponentials in T (expf for float), the sums in double.
 template <class T>
 void causal_softmax(View<T> p) {
   for (index_t i = 0; i < p.rows(); ++i) {
-    double top = double(p(i, 0));
-    for (index_t j = 1; j <= i; ++j) top = std::max(top, double(p(i, j)));
+    T top = p(i, 0);
+    for (index_t j = 1; j <= i; ++j) top = std::max(top, p(i, j));
     double sum = 0;
-    for (index_t j = 0; j <= i; ++j) sum += std::exp(double(p(i, j)) - top);
-    for (index_t j = 0; j < p.cols(); ++j)
-      p(i, j) = j <= i ? T(std::exp(double(p(i, j)) - top) / sum) : T(0);
+    for (index_t j = 0; j <= i; ++j) sum += double(p(i, j) = std::exp(p(i, j) - top));
+    const T inv = T(1.0 / sum);
+    for (index_t j = 0; j < p.cols(); ++j) p(i, j) = j <= i ? p(i, j) * inv : T(0);
   }
 }
 

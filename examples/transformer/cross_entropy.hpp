@@ -16,16 +16,16 @@ double cross_entropy(CView<T> logits, const std::vector<int>& targets, View<T> d
   const index_t n = logits.rows(), v = logits.cols();
   double total = 0;
   for (index_t i = 0; i < n; ++i) {
-    double top = double(logits(i, 0));
-    for (index_t j = 1; j < v; ++j) top = std::max(top, double(logits(i, j)));
-    double sum = 0;
-    for (index_t j = 0; j < v; ++j) sum += std::exp(double(logits(i, j)) - top);
+    T top = logits(i, 0);
+    for (index_t j = 1; j < v; ++j) top = std::max(top, logits(i, j));
+    double sum = 0;  // the exponentials in T (expf for float), the sums in double
+    for (index_t j = 0; j < v; ++j) sum += double(std::exp(logits(i, j) - top));
     const int y = targets[std::size_t(i)];
-    total += std::log(sum) - (double(logits(i, y)) - top);
+    total += std::log(sum) - double(logits(i, y) - top);
     if (dlogits.empty()) continue;
+    const T scale = T(1.0 / (sum * double(n))), one = T(1.0 / double(n));
     for (index_t j = 0; j < v; ++j)
-      dlogits(i, j) =
-          T((std::exp(double(logits(i, j)) - top) / sum - (j == y ? 1.0 : 0.0)) / double(n));
+      dlogits(i, j) = std::exp(logits(i, j) - top) * scale - (j == y ? one : T(0));
   }
   return total / double(n);
 }
