@@ -52,11 +52,13 @@ void causal_softmax(View<T> p) {
   }
 }
 
-// out = attention(q, k, v); probs keeps every head's P for backward.
+// out = attention(q, k, v); probs keeps every head's P for backward. Heads run in parallel,
+// each product on one thread (the BLAS and Eigen stay sequential inside a parallel region).
 template <class T>
 void attention_forward(Ctx& ctx, const AttentionShape& s, CView<T> q, CView<T> k, CView<T> v,
                        View<T> probs, View<T> out) {
   const double scale = 1.0 / std::sqrt(double(q.cols() / s.heads));
+#pragma omp parallel for num_threads(ctx.threads()) collapse(2)
   for (index_t b = 0; b < s.batch; ++b)
     for (index_t h = 0; h < s.heads; ++h) {
       const View<T> p = head_probs(probs, s, b, h);
@@ -69,15 +71,16 @@ void attention_forward(Ctx& ctx, const AttentionShape& s, CView<T> q, CView<T> k
 }
 
 // From dout: dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ = scale dS K,
-// dK = scale dSᵀ Q (all written). scratch holds one [T, T] dP/dS at a time.
+// dK = scale dSᵀ Q (all written). scratch [B H T, >= T] holds each head's dP/dS.
 template <class T>
 void attention_backward(Ctx& ctx, const AttentionShape& s, CView<T> q, CView<T> k, CView<T> v,
                         CView<T> probs, CView<T> dout, View<T> dq, View<T> dk, View<T> dv,
                         View<T> scratch) {
   const double scale = 1.0 / std::sqrt(double(q.cols() / s.heads));
-  const View<T> ds = scratch.block(0, 0, s.seq, s.seq);
+#pragma omp parallel for num_threads(ctx.threads()) collapse(2)
   for (index_t b = 0; b < s.batch; ++b)
     for (index_t h = 0; h < s.heads; ++h) {
+      const View<T> ds = head_probs(scratch, s, b, h);
       const CView<T> p = probs.block((b * s.heads + h) * s.seq, 0, s.seq, s.seq);
       const CView<T> d_o = head_block(dout, s, b, h);
       gemm<T>(ctx, peft::Op::T, peft::Op::N, 1.0, p, d_o, 0.0, head_block(dv, s, b, h));

@@ -12,9 +12,10 @@ namespace tfm {
 // Returns the mean loss over the rows; writes dlogits = (softmax - onehot) / rows, the gradient
 // of that mean, unless dlogits is empty (evaluation).
 template <class T>
-double cross_entropy(CView<T> logits, const std::vector<int>& targets, View<T> dlogits) {
+double cross_entropy(Ctx& ctx, CView<T> logits, const std::vector<int>& targets, View<T> dlogits) {
   const index_t n = logits.rows(), v = logits.cols();
   double total = 0;
+#pragma omp parallel for num_threads(ctx.threads()) reduction(+ : total) if (n * v > 8192)
   for (index_t i = 0; i < n; ++i) {
     T top = logits(i, 0);
     for (index_t j = 1; j < v; ++j) top = std::max(top, logits(i, j));

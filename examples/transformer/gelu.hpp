@@ -11,8 +11,9 @@ namespace tfm {
 
 // Computed in T (erff for float: twice as fast as erf, and float is what is stored).
 template <class T>
-void gelu_forward(CView<T> u, View<T> g) {
+void gelu_forward(Ctx& ctx, CView<T> u, View<T> g) {
   const T half_sqrt2 = T(std::numbers::sqrt2 / 2);
+#pragma omp parallel for num_threads(ctx.threads()) if (u.size() > 8192)
   for (index_t i = 0; i < u.rows(); ++i)
     for (index_t j = 0; j < u.cols(); ++j) {
       const T x = u(i, j);
@@ -22,9 +23,10 @@ void gelu_forward(CView<T> u, View<T> g) {
 
 // du = dg · gelu'(u), written (not accumulated).
 template <class T>
-void gelu_backward(CView<T> u, CView<T> dg, View<T> du) {
+void gelu_backward(Ctx& ctx, CView<T> u, CView<T> dg, View<T> du) {
   const T inv_sqrt_2pi = T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
   const T half_sqrt2 = T(std::numbers::sqrt2 / 2);
+#pragma omp parallel for num_threads(ctx.threads()) if (u.size() > 8192)
   for (index_t i = 0; i < u.rows(); ++i)
     for (index_t j = 0; j < u.cols(); ++j) {
       const T x = u(i, j);

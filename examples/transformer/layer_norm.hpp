@@ -19,10 +19,12 @@ class LayerNorm {
   }
 
   // y = LN(x); mean and rstd get one entry per row.
-  void forward(CView<T> x, View<T> y, std::vector<double>& mean, std::vector<double>& rstd) const {
+  void forward(Ctx& ctx, CView<T> x, View<T> y, std::vector<double>& mean,
+               std::vector<double>& rstd) const {
     const index_t n = x.rows(), d = x.cols();
     mean.resize(std::size_t(n));
     rstd.resize(std::size_t(n));
+#pragma omp parallel for num_threads(ctx.threads()) if (n * d > 8192)
     for (index_t i = 0; i < n; ++i) {
       double sum = 0, sq = 0;
       for (index_t j = 0; j < d; ++j) sum += double(x(i, j));
@@ -39,26 +41,37 @@ class LayerNorm {
 
   // With x̂ the normalised input and g = dy · gamma:
   //   dx = rstd (g - mean(g) - x̂ mean(g x̂)),  dgamma += Σ dy x̂,  dbeta += Σ dy.
-  // dx is written (not accumulated).
-  void backward(CView<T> x, CView<T> dy, const std::vector<double>& mean,
+  // dx is written (not accumulated). Rows in parallel for dx, then columns for dgamma and dbeta.
+  void backward(Ctx& ctx, CView<T> x, CView<T> dy, const std::vector<double>& mean,
                 const std::vector<double>& rstd, View<T> dx) {
     const index_t n = x.rows(), d = x.cols();
-    std::vector<double> g(static_cast<std::size_t>(d)), xhat(static_cast<std::size_t>(d));
+    const View<T> gamma = gamma_.view(), dgamma = dgamma_.view(), dbeta = dbeta_.view();
+#pragma omp parallel for num_threads(ctx.threads()) if (n * d > 8192)
     for (index_t i = 0; i < n; ++i) {
       const double mu = mean[std::size_t(i)], r = rstd[std::size_t(i)];
       double g_mean = 0, gx_mean = 0;
       for (index_t j = 0; j < d; ++j) {
-        xhat[std::size_t(j)] = (double(x(i, j)) - mu) * r;
-        g[std::size_t(j)] = double(dy(i, j)) * double(gamma_.view()(0, j));
-        g_mean += g[std::size_t(j)];
-        gx_mean += g[std::size_t(j)] * xhat[std::size_t(j)];
-        dgamma_.view()(0, j) += T(double(dy(i, j)) * xhat[std::size_t(j)]);
-        dbeta_.view()(0, j) += dy(i, j);
+        const double g = double(dy(i, j)) * double(gamma(0, j));
+        g_mean += g;
+        gx_mean += g * (double(x(i, j)) - mu) * r;
       }
       g_mean /= double(d);
       gx_mean /= double(d);
-      for (index_t j = 0; j < d; ++j)
-        dx(i, j) = T(r * (g[std::size_t(j)] - g_mean - xhat[std::size_t(j)] * gx_mean));
+      for (index_t j = 0; j < d; ++j) {
+        const double xhat = (double(x(i, j)) - mu) * r;
+        dx(i, j) = T(r * (double(dy(i, j)) * double(gamma(0, j)) - g_mean - xhat * gx_mean));
+      }
+    }
+#pragma omp parallel for num_threads(ctx.threads()) if (n * d > 8192)
+    for (index_t j = 0; j < d; ++j) {
+      double sum_gamma = 0, sum_beta = 0;
+      for (index_t i = 0; i < n; ++i) {
+        sum_gamma +=
+            double(dy(i, j)) * (double(x(i, j)) - mean[std::size_t(i)]) * rstd[std::size_t(i)];
+        sum_beta += double(dy(i, j));
+      }
+      dgamma(0, j) += T(sum_gamma);
+      dbeta(0, j) += T(sum_beta);
     }
   }
 

@@ -94,7 +94,7 @@ struct Activations {
     for (Mat<T>* m : {&d_res, &d_mid, &d_m, &d_att, &d_q, &d_k, &d_v, &d_a, &d_tmp})
       *m = Mat<T>(n, d);
     d_hidden = Mat<T>(n, c.hidden);
-    d_scores = Mat<T>(c.context, c.context);
+    d_scores = Mat<T>(max_batch * c.heads * c.context, c.context);
   }
 
   std::vector<Mat<T>> residual;  // x entering layer l; [layers] is the last layer's output
@@ -139,9 +139,10 @@ class Transformer {
     for (std::size_t l = 0; l < blocks_.size(); ++l)
       block_forward(ctx, blocks_[l], act.layers[l], act, rows(act.residual[l], n),
                     rows(act.residual[l + 1], n));
-    ln_f_.forward(rows(act.residual.back(), n), rows(act.final_norm, n), act.mean_f, act.rstd_f);
+    ln_f_.forward(ctx, rows(act.residual.back(), n), rows(act.final_norm, n), act.mean_f,
+                  act.rstd_f);
     lm_head_.forward(ctx, rows(act.final_norm, n), rows(act.logits, n));
-    return cross_entropy<T>(rows(act.logits, n), batch.targets,
+    return cross_entropy<T>(ctx, rows(act.logits, n), batch.targets,
                             gradient ? rows(act.dlogits, n) : View<T>{});
   }
 
@@ -150,7 +151,7 @@ class Transformer {
     const index_t n = act.rows;
     View<T> d_res = rows(act.d_res, n), d_tmp = rows(act.d_tmp, n);
     lm_head_.backward(ctx, rows(act.final_norm, n), rows(act.dlogits, n), d_tmp);
-    ln_f_.backward(rows(act.residual.back(), n), d_tmp, act.mean_f, act.rstd_f, d_res);
+    ln_f_.backward(ctx, rows(act.residual.back(), n), d_tmp, act.mean_f, act.rstd_f, d_res);
     for (std::size_t l = blocks_.size(); l-- > 0;)
       block_backward(ctx, blocks_[l], act.layers[l], act, rows(act.residual[l], n));
     if (!train_base_) return;
@@ -215,19 +216,19 @@ class Transformer {
     const index_t n = act.rows;
     const View<T> a = rows(s.a, n), att = rows(s.att, n), mid = rows(s.mid, n), m = rows(s.m, n);
     const View<T> tmp = rows(act.d_tmp, n);  // free during forward
-    b.ln_1.forward(x, a, s.mean_1, s.rstd_1);
+    b.ln_1.forward(ctx, x, a, s.mean_1, s.rstd_1);
     b.q_proj.forward(ctx, a, rows(s.q, n));
     b.k_proj.forward(ctx, a, rows(s.k, n));
     b.v_proj.forward(ctx, a, rows(s.v, n));
     attention_forward<T>(ctx, act.shape, rows(s.q, n), rows(s.k, n), rows(s.v, n), s.probs.view(),
                          att);
     b.o_proj.forward(ctx, att, tmp);
-    add(x, tmp, mid);
-    b.ln_2.forward(mid, m, s.mean_2, s.rstd_2);
+    add(ctx, x, tmp, mid);
+    b.ln_2.forward(ctx, mid, m, s.mean_2, s.rstd_2);
     b.up_proj.forward(ctx, m, rows(s.u, n));
-    gelu_forward<T>(rows(s.u, n), rows(s.g, n));
+    gelu_forward<T>(ctx, rows(s.u, n), rows(s.g, n));
     b.down_proj.forward(ctx, rows(s.g, n), tmp);
-    add(mid, tmp, y);
+    add(ctx, mid, tmp, y);
   }
 
   // act.d_res holds dL/dy on entry and dL/dx on return.
@@ -239,10 +240,10 @@ class Transformer {
     const View<T> d_att = rows(act.d_att, n), d_a = rows(act.d_a, n);
     // MLP: mid -> ln_2 -> up -> gelu -> down, added to mid.
     b.down_proj.backward(ctx, rows(s.g, n), d_res, d_hidden);
-    gelu_backward<T>(rows(s.u, n), d_hidden, d_hidden);
+    gelu_backward<T>(ctx, rows(s.u, n), d_hidden, d_hidden);
     b.up_proj.backward(ctx, rows(s.m, n), d_hidden, d_m);
-    b.ln_2.backward(rows(s.mid, n), d_m, s.mean_2, s.rstd_2, d_tmp);
-    add(d_res, d_tmp, d_mid);
+    b.ln_2.backward(ctx, rows(s.mid, n), d_m, s.mean_2, s.rstd_2, d_tmp);
+    add(ctx, d_res, d_tmp, d_mid);
     // Attention: x -> ln_1 -> q, k, v -> attention -> o, added to x.
     b.o_proj.backward(ctx, rows(s.att, n), d_mid, d_att);
     attention_backward<T>(ctx, act.shape, rows(s.q, n), rows(s.k, n), rows(s.v, n), s.probs.view(),
@@ -251,15 +252,16 @@ class Transformer {
     const View<T> a = rows(s.a, n);
     b.q_proj.backward(ctx, a, rows(act.d_q, n), d_a);
     b.k_proj.backward(ctx, a, rows(act.d_k, n), d_tmp);
-    add(d_a, d_tmp, d_a);
+    add(ctx, d_a, d_tmp, d_a);
     b.v_proj.backward(ctx, a, rows(act.d_v, n), d_tmp);
-    add(d_a, d_tmp, d_a);
-    b.ln_1.backward(x, d_a, s.mean_1, s.rstd_1, d_tmp);
-    add(d_mid, d_tmp, d_res);
+    add(ctx, d_a, d_tmp, d_a);
+    b.ln_1.backward(ctx, x, d_a, s.mean_1, s.rstd_1, d_tmp);
+    add(ctx, d_mid, d_tmp, d_res);
   }
 
   // out = p + q (out may alias either).
-  static void add(CView<T> p, CView<T> q, View<T> out) {
+  static void add(Ctx& ctx, CView<T> p, CView<T> q, View<T> out) {
+#pragma omp parallel for num_threads(ctx.threads()) if (out.size() > 8192)
     for (index_t i = 0; i < out.rows(); ++i)
       for (index_t j = 0; j < out.cols(); ++j) out(i, j) = p(i, j) + q(i, j);
   }

@@ -49,7 +49,7 @@ void randomise(Transformer<double>& model) {
 template <class Updated>
 void check_gradients(Transformer<double>& model, Activations<double>& act, const Batch& batch,
                      std::vector<Param<double>> params, Updated&& updated) {
-  Ctx ctx(peft::CpuContextOptions{.threads = 1});
+  Ctx ctx(peft::CpuContextOptions{.threads = 2});
   const double h = 1e-5;
   for (auto& p : params) {
     double max_error = 0, max_grad = 0;
@@ -74,7 +74,7 @@ void check_gradients(Transformer<double>& model, Activations<double>& act, const
 }
 
 TEST(TransformerExample, BaseGradientsMatchFiniteDifferences) {
-  Ctx ctx(peft::CpuContextOptions{.threads = 1});
+  Ctx ctx(peft::CpuContextOptions{.threads = 2});
   Transformer<double> model(kTiny, 3);
   randomise(model);
   Activations<double> act(kTiny, 2);
@@ -89,7 +89,7 @@ TEST(TransformerExample, BaseGradientsMatchFiniteDifferences) {
 }
 
 TEST(TransformerExample, AdapterGradientsFlowThroughTheFrozenModel) {
-  Ctx ctx(peft::CpuContextOptions{.threads = 1});
+  Ctx ctx(peft::CpuContextOptions{.threads = 2});
   Transformer<double> model(kTiny, 3);
   randomise(model);
   Activations<double> act(kTiny, 2);
