@@ -14,9 +14,10 @@ PEFT_BUILD_DIR="${PEFT_BUILD_DIR:-$PEFT_ROOT/build}"
 PEFT_BUILD_TYPE="${PEFT_BUILD_TYPE:-Release}"
 export DEBIAN_FRONTEND=noninteractive
 
-# What configuring and building everything (tests, benchmarks, examples) needs.
+# What configuring and building everything (tests, benchmarks, examples) needs; fortunes is
+# the text of the transformer example (its tiny run is a test).
 PEFT_PACKAGES=(cmake make g++ libeigen3-dev libopenblas-openmp-dev nlohmann-json3-dev
-               libgtest-dev libgmock-dev libbenchmark-dev)
+               libgtest-dev libgmock-dev libbenchmark-dev fortunes)
 
 peft_log() { printf '==> %s\n' "$*" >&2; }
 
