@@ -19,7 +19,13 @@
 //   --adapter both  both, one after the other on the same frozen base, compared in the summary.
 //   --adapter adalora  peft::AdaLora: rank 12 per layer, pruned by peft::RankAllocator to 8 on
 //                   average across the layers; prints the final rank of each layer.
-//   --adapter all   LoRA, RoSA and AdaLoRA side by side.
+//   --adapter nola  peft::Nola: rank --nola-rank factors mixed from --nola-basis frozen random
+//                   bases each, only the mixing coefficients train; beside LoRA r = 1, with which
+//                   the NOLA paper compares it (more parameters than NOLA's).
+//   --adapter lora_xs  peft::LoraXs: an r x r core (--lora-xs-rank, at most min(in, out) per
+//                   layer) between the frozen truncated SVD factors of each base weight; beside
+//                   LoRA at --rank.
+//   --adapter all   LoRA, RoSA, AdaLoRA, LoRA r = 1, NOLA and LoRA-XS side by side.
 //
 // Task B's shift is purely low rank (rank 8): LoRA and RoSA both reach about 95% there. Task C
 // needs a rank-6 change plus large single weights for 20 alarm features (tasks.hpp): with the
@@ -28,7 +34,12 @@
 // deterministic for a given seed and thread count, and RoSA's numbers do not depend on whether
 // LoRA ran first.
 //
-// Usage: lora_mlp [--adapter lora|rosa|both] [--task B|C] [options]; see --help.
+// On task C with seed 42, NOLA (r = 8, 128 bases per factor: 768 coefficients) reaches 61.5%
+// where LoRA r = 1 (2122 parameters) reaches 59.5%; LoRA-XS at r = 64 (8292 parameters, r = 10
+// on the output layer) 86.1% against LoRA r = 8's 83.1% (16976).
+//
+// Usage: lora_mlp [--adapter lora|rosa|both|adalora|nola|lora_xs|all] [--task B|C] [options];
+// see --help.
 
 #include <peft/peft.hpp>
 
@@ -55,6 +66,8 @@ using AdamW = peft::AdamW<float, peft::Cpu>;
 using MaskBuilder = peft::RosaMaskBuilder<float, peft::Cpu>;
 using AdaLora = peft::AdaLora<float, peft::Cpu>;
 using RankAllocator = peft::RankAllocator<float, peft::Cpu>;
+using Nola = peft::Nola<float, peft::Cpu>;
+using LoraXs = peft::LoraXs<float, peft::Cpu>;
 
 constexpr index_t kTrainSize = 16384;
 constexpr index_t kTestSize = 4096;
@@ -63,6 +76,13 @@ struct Options {
   bool lora = true;
   bool rosa = false;
   bool adalora = false;
+  bool nola = false;     // with LoRA r = 1 beside it
+  bool lora_xs = false;  // with LoRA at --rank beside it
+  index_t nola_rank = 8;
+  index_t nola_basis = 128;   // kA = kB: bases of each factor of each layer
+  double nola_lr = 1e-2;      // of NOLA's coefficients
+  index_t lora_xs_rank = 64;  // capped at min(in, out) of each layer
+  double lora_xs_lr = 3e-3;
   index_t adalora_init_r = 12;   // AdaLoRA's rank before pruning
   index_t adalora_target_r = 8;  // its average rank per layer at the end
   char task = 'C';
@@ -125,22 +145,22 @@ void train_and_evaluate(Result& r, Ctx& ctx, std::vector<Layer>& adapted, Optimi
 }
 
 Result run_lora(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& batch,
-                const Options& o) {
+                const Options& o, index_t rank, const char* name = "LoRA") {
   const peft::LoraConfig config{
-      .r = o.rank, .alpha = 2.0 * double(o.rank), .dropout = 0.05f, .seed = o.seed};
+      .r = rank, .alpha = 2.0 * double(rank), .dropout = 0.05f, .seed = o.seed};
   std::vector<Lora> adapted;
   adapted.reserve(base.size());  // the optimizer holds the layers: they must not move
   for (std::uint32_t i = 0; i < base.size(); ++i)
     adapted.emplace_back(ctx, base[i].weight(), config, peft::LayerOptions{.stream_id = i + 1},
                          base[i].bias());
   AdamW opt({.lr = o.lr, .weight_decay = 0.0});
-  Result r{.name = "LoRA", .rank = o.rank};
+  Result r{.name = name, .rank = rank};
   for (auto& layer : adapted) {
     opt.add(layer);  // lora_A, lora_B
     r.trainable += layer.num_trainable();
   }
-  std::printf("LoRA: r = %lld on each layer, %lld trainable parameters, task %c\n",
-              static_cast<long long>(o.rank), static_cast<long long>(r.trainable), task.name);
+  std::printf("%s: r = %lld on each layer, %lld trainable parameters, task %c\n", name,
+              static_cast<long long>(rank), static_cast<long long>(r.trainable), task.name);
   NoHooks hooks;
   train_and_evaluate(r, ctx, adapted, opt, hooks, base, task, batch, o);
   return r;
@@ -299,19 +319,81 @@ Result run_adalora(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch&
   return r;
 }
 
+// NOLA: each layer's A and B are A0 + Σ α_i A_i and Σ β_j B_j over frozen seeded random bases;
+// only α and β train (kA + kB numbers per layer, whatever the layer's size).
+Result run_nola(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& batch,
+                const Options& o) {
+  const peft::NolaConfig config{.r = o.nola_rank,
+                                .alpha = 2.0 * double(o.nola_rank),
+                                .num_basis_a = o.nola_basis,
+                                .num_basis_b = o.nola_basis,
+                                .dropout = 0.05,
+                                .seed = o.seed};
+  std::vector<Nola> adapted;
+  adapted.reserve(base.size());  // the optimizer holds the layers: they must not move
+  for (std::uint32_t i = 0; i < base.size(); ++i)
+    adapted.emplace_back(ctx, base[i].weight(), config, peft::LayerOptions{.stream_id = i + 1},
+                         base[i].bias());
+  AdamW opt({.lr = o.nola_lr, .weight_decay = 0.0});
+  Result r{.name = "NOLA", .rank = o.nola_rank};
+  for (auto& layer : adapted) {
+    opt.add(layer);  // nola_alpha, nola_beta
+    r.trainable += layer.num_trainable();
+  }
+  std::printf(
+      "NOLA: r = %lld, %lld bases per factor on each layer, %lld trainable parameters, task %c\n",
+      static_cast<long long>(o.nola_rank), static_cast<long long>(o.nola_basis),
+      static_cast<long long>(r.trainable), task.name);
+  NoHooks hooks;
+  train_and_evaluate(r, ctx, adapted, opt, hooks, base, task, batch, o);
+  return r;
+}
+
+// LoRA-XS: ΔW = s U_r R Σ_r V_rᵀ from the truncated SVD of each frozen weight, computed when the
+// layer is built; only R [r, r] trains. r is capped at min(in, out) (10 on the output layer).
+Result run_lora_xs(Ctx& ctx, std::vector<Linear>& base, const Task& task, Batch& batch,
+                   const Options& o) {
+  std::vector<LoraXs> adapted;
+  adapted.reserve(base.size());  // the optimizer holds the layers: they must not move
+  std::printf("LoRA-XS: r =");
+  for (std::uint32_t i = 0; i < base.size(); ++i) {
+    const index_t r = std::min({o.lora_xs_rank, base[i].weight().rows(), base[i].weight().cols()});
+    std::printf(" %lld", static_cast<long long>(r));
+    adapted.emplace_back(ctx, base[i].weight(),
+                         peft::LoraXsConfig{.r = r,
+                                            .alpha = 2.0 * double(r),
+                                            .dropout = 0.05,
+                                            .seed = o.seed,
+                                            .svd = {.seed = o.seed}},
+                         peft::LayerOptions{.stream_id = i + 1}, base[i].bias());
+  }
+  AdamW opt({.lr = o.lora_xs_lr, .weight_decay = 0.0});
+  Result r{.name = "LoRA-XS", .rank = o.lora_xs_rank};
+  for (auto& layer : adapted) {
+    opt.add(layer);  // lora_xs_R
+    r.trainable += layer.num_trainable();
+  }
+  std::printf(" on the layers, %lld trainable parameters, task %c\n",
+              static_cast<long long>(r.trainable), task.name);
+  NoHooks hooks;
+  train_and_evaluate(r, ctx, adapted, opt, hooks, base, task, batch, o);
+  return r;
+}
+
 // ---- Command line --------------------------------------------------------------------------
 
 void usage(std::FILE* out) {
   const Options d;
   std::fprintf(
       out,
-      "usage: lora_mlp [--adapter lora|rosa|both|adalora|all] [--task B|C] [--epochs N] [--rank "
-      "R]\n"
-      "                [--rosa-rank R] [--lr LR] [--sparse-lr LR] [--mask-warmup STEPS]\n"
-      "                [--mask-batches N] [--seed S] [--threads T]\n"
+      "usage: lora_mlp [--adapter lora|rosa|both|adalora|nola|lora_xs|all] [--task B|C]\n"
+      "                [--epochs N] [--rank R] [--rosa-rank R] [--lr LR] [--sparse-lr LR]\n"
+      "                [--mask-warmup STEPS] [--mask-batches N] [--nola-rank R] [--nola-basis K]\n"
+      "                [--nola-lr LR] [--lora-xs-rank R] [--lora-xs-lr LR] [--seed S]\n"
+      "                [--threads T]\n"
       "Trains an MLP on task A, freezes it and adapts it to task B or C with LoRA and/or RoSA.\n"
-      "  --adapter A       lora, rosa, both (lora and rosa) side by side, adalora, or all\n"
-      "                    (default lora)\n"
+      "  --adapter A       lora, rosa, both (lora and rosa) side by side, adalora, nola (beside\n"
+      "                    LoRA r = 1), lora_xs (beside LoRA), or all (default lora)\n"
       "  --task T          C: low rank + sparse shift, B: low rank shift (default C)\n"
       "  --epochs N        epochs of each phase (default %d)\n"
       "  --rank R          LoRA's rank, which sets both adapters' budget (default %lld)\n"
@@ -320,11 +402,18 @@ void usage(std::FILE* out) {
       "  --sparse-lr LR    learning rate of RoSA's S (default %g)\n"
       "  --mask-warmup N   LoRA-only steps before RoSA builds its masks (default %lld)\n"
       "  --mask-batches N  batches of the step that collects the masks' gradients (default %lld)\n"
+      "  --nola-rank R     rank of NOLA's factors (default %lld)\n"
+      "  --nola-basis K    NOLA's random bases per factor and layer (default %lld)\n"
+      "  --nola-lr LR      learning rate of NOLA's coefficients (default %g)\n"
+      "  --lora-xs-rank R  LoRA-XS's rank, at most min(in, out) per layer (default %lld)\n"
+      "  --lora-xs-lr LR   learning rate of LoRA-XS's R (default %g)\n"
       "  --seed S          seed of the data, the initialisation and the shuffling (default %llu)\n"
       "  --threads T       CPU threads for the GEMMs and element-wise loops (default %d)\n",
       d.epochs, static_cast<long long>(d.rank), static_cast<long long>(d.rosa_rank), d.lr,
       d.sparse_lr, static_cast<long long>(d.mask_warmup), static_cast<long long>(d.mask_batches),
-      static_cast<unsigned long long>(d.seed), d.threads);
+      static_cast<long long>(d.nola_rank), static_cast<long long>(d.nola_basis), d.nola_lr,
+      static_cast<long long>(d.lora_xs_rank), d.lora_xs_lr, static_cast<unsigned long long>(d.seed),
+      d.threads);
 }
 
 // Parses an integer in [lo, hi]; false when the text is not one.
@@ -368,10 +457,13 @@ bool parse_options(int argc, char** argv, Options& o) {
     long long v = 0;
     bool ok = true;
     if (flag == "--adapter") {
-      ok = text == "lora" || text == "rosa" || text == "both" || text == "adalora" || text == "all";
-      o.lora = text == "lora" || text == "both" || text == "all";
+      ok = text == "lora" || text == "rosa" || text == "both" || text == "adalora" ||
+           text == "nola" || text == "lora_xs" || text == "all";
+      o.lora = text == "lora" || text == "both" || text == "lora_xs" || text == "all";
       o.rosa = text == "rosa" || text == "both" || text == "all";
       o.adalora = text == "adalora" || text == "all";
+      o.nola = text == "nola" || text == "all";
+      o.lora_xs = text == "lora_xs" || text == "all";
     } else if (flag == "--task") {
       ok = text == "B" || text == "C";
       o.task = text.empty() ? '?' : text[0];
@@ -394,6 +486,19 @@ bool parse_options(int argc, char** argv, Options& o) {
     } else if (flag == "--mask-batches") {
       ok = parse_int(text, 1, kTrainSize / kBatch, v);
       o.mask_batches = v;
+    } else if (flag == "--nola-rank") {
+      ok = parse_int(text, 1, kInputs, v);
+      o.nola_rank = v;
+    } else if (flag == "--nola-basis") {
+      ok = parse_int(text, 1, 1 << 20, v);
+      o.nola_basis = v;
+    } else if (flag == "--nola-lr") {
+      ok = parse_positive(text, o.nola_lr);
+    } else if (flag == "--lora-xs-rank") {
+      ok = parse_int(text, 1, kHidden, v);
+      o.lora_xs_rank = v;
+    } else if (flag == "--lora-xs-lr") {
+      ok = parse_positive(text, o.lora_xs_lr);
     } else if (flag == "--seed") {
       ok = parse_int(text, 0, INT64_MAX, v);
       o.seed = std::uint64_t(v);
@@ -484,14 +589,27 @@ int main(int argc, char** argv) {
   // exactly the base (LoRA's B and RoSA's S start at zero).
   std::printf("\nPhase 2: adapting the frozen base to task %c\n", task.name);
   std::vector<Result> results;
-  if (options.lora) results.push_back(run_lora(ctx, base, task, batch, options));
+  const auto separate = [&] {
+    if (!results.empty()) std::printf("\n");
+  };
+  if (options.lora) results.push_back(run_lora(ctx, base, task, batch, options, options.rank));
   if (options.rosa) {
-    if (options.lora) std::printf("\n");
+    separate();
     results.push_back(run_rosa(ctx, base, task, batch, options));
   }
   if (options.adalora) {
-    if (options.lora || options.rosa) std::printf("\n");
+    separate();
     results.push_back(run_adalora(ctx, base, task, batch, options));
+  }
+  if (options.nola) {  // beside LoRA r = 1, as the NOLA paper compares
+    separate();
+    results.push_back(run_lora(ctx, base, task, batch, options, 1, "LoRA r=1"));
+    separate();
+    results.push_back(run_nola(ctx, base, task, batch, options));
+  }
+  if (options.lora_xs) {
+    separate();
+    results.push_back(run_lora_xs(ctx, base, task, batch, options));
   }
 
   std::printf("\n");

@@ -25,7 +25,7 @@
 #include "model/adapter_set.hpp"
 #include "model/base_model.hpp"
 
-#include "io/nola_export.hpp"
+#include "io/lora_export.hpp"
 #include "io/peft_format.hpp"
 #include "io/safetensors.hpp"
 

@@ -1,7 +1,7 @@
 // NOLA checkpoints (peft-cpp's self-describing format): round trips that reproduce the layers
 // bit for bit (float and bfloat16 models, 16-bit files, layers with their own stream_id), the
-// config's content, every refusal of a malformed or mismatched file, and export_as_lora, whose
-// plain LoRA checkpoint loads as Lora layers with NOLA's outputs.
+// config's content, every refusal of a malformed or mismatched file. export_as_lora is tested in
+// lora_export_test.cpp.
 
 #include <gtest/gtest.h>
 
@@ -216,32 +216,6 @@ TEST(NolaFormat, LoadingRefusesAnotherBase) {
   Base<float> other(kModules, {{6, 9}, {5, 12}});
   expect_error([&] { load_adapter(dir.path(), other.model, ctx); }, ErrorKind::io,
                {kModules[1], "the base weight is 5 x 12", "in_features 11"});
-}
-
-TEST(NolaFormat, ExportAsLoraLoadsAsLoraWithTheSameOutputs) {
-  HostCtx ctx;
-  Base<float> base(kModules, kShapes);
-  auto set = make_set(ctx, base);
-  TempDir dir;
-  export_as_lora(dir.path(), set, ctx, {.base_model_name_or_path = "base"});
-  const json c = json::parse(read_text(dir / "adapter_config.json"));
-  EXPECT_EQ(c["peft_type"], "LORA");
-  EXPECT_EQ(c["r"], 3);
-  EXPECT_EQ(c["lora_alpha"], 6);
-  auto lora = load_adapter(dir.path(), base.model, ctx);
-  const auto a = outputs(ctx, set), b = outputs(ctx, lora);
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    EXPECT_LT(relative_error(as_const(b[i].view()), as_const(a[i].view())), 1e-6) << kModules[i];
-    auto& l = lora.template get<Lora<float, Cpu>>(kModules[i]);
-    auto& n = set.template get<Nola<float, Cpu>>(kModules[i]);
-    EXPECT_TRUE(bitwise_equal(as_const(l.parameters()[0].value), n.effective_a()));
-    EXPECT_TRUE(bitwise_equal(as_const(l.parameters()[1].value), n.effective_b()));
-  }
-
-  AdapterSet<float, Cpu> mixed;
-  mixed.template add<Lora>(ctx, kModules[0], base.model.at(kModules[0]), {.r = 2});
-  expect_error([&] { export_as_lora(dir.path(), mixed, ctx); }, ErrorKind::invalid_argument,
-               {"export_as_lora", kModules[0], "Lora layer", "only NOLA layers"});
 }
 
 }  // namespace

@@ -19,7 +19,7 @@
 // seed (the file's seed keys the loaded layers; LoadOptions::seed is not used). Loading rebuilds
 // each layer with its recorded stream, so the bases are the saved ones whatever stream_id the
 // loading set would give the module, and refuses a base layer whose shape differs from the recorded
-// one (its bases would differ). io/nola_export.hpp writes the generated factors as a plain PEFT
+// one (its bases would differ). io/lora_export.hpp writes the generated factors as a plain PEFT
 // LoRA checkpoint instead.
 
 #include <array>

@@ -110,34 +110,48 @@ __attribute__((target("avx512f"))) inline void basis_tile_avx512(const RandomStr
   const auto first = static_cast<std::uint32_t>(first_block);
   const auto seed0 = static_cast<std::uint32_t>(stream.seed);
   const auto seed1 = static_cast<std::uint32_t>(stream.seed >> 32);
-  for (index_t g = 0; g < kNolaTileBlocks; g += 16) {
-    __m512i c0 = _mm512_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(first + static_cast<std::uint32_t>(g))), lanes);
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(stream.step));
-    __m512i c2 = _mm512_set1_epi32(static_cast<int>(stream.purpose));
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(stream.stream_id));
+  // Two groups of 16 blocks at once: their rounds are independent, so one group's multiplies
+  // run while the other's wait for their results.
+  constexpr int kGroups = 4;
+  static_assert(kNolaTileBlocks % (16 * kGroups) == 0);
+  for (index_t g = 0; g < kNolaTileBlocks; g += 16 * kGroups) {
+    __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
+    for (int h = 0; h < kGroups; ++h) {
+      c0[h] = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int>(first + static_cast<std::uint32_t>(g + 16 * h))),
+          lanes);
+      c1[h] = _mm512_set1_epi32(static_cast<int>(stream.step));
+      c2[h] = _mm512_set1_epi32(static_cast<int>(stream.purpose));
+      c3[h] = _mm512_set1_epi32(static_cast<int>(stream.stream_id));
+    }
     std::uint32_t k0 = seed0, k1 = seed1;
     for (int round = 0; round < 10; ++round) {
-      const __m512i p0e = _mm512_mul_epu32(c0, mul0);
-      const __m512i p0o = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), mul0);
-      const __m512i p1e = _mm512_mul_epu32(c2, mul1);
-      const __m512i p1o = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), mul1);
-      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p0e, 32), p0o);
-      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, p0e, _mm512_slli_epi64(p0o, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p1e, 32), p1o);
-      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, p1e, _mm512_slli_epi64(p1o, 32));
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-      c1 = lo1;
-      c3 = lo0;
+      const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0));
+      const __m512i key1 = _mm512_set1_epi32(static_cast<int>(k1));
+      for (int h = 0; h < kGroups; ++h) {
+        const __m512i p0e = _mm512_mul_epu32(c0[h], mul0);
+        const __m512i p0o = _mm512_mul_epu32(_mm512_srli_epi64(c0[h], 32), mul0);
+        const __m512i p1e = _mm512_mul_epu32(c2[h], mul1);
+        const __m512i p1o = _mm512_mul_epu32(_mm512_srli_epi64(c2[h], 32), mul1);
+        const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p0e, 32), p0o);
+        const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, p0e, _mm512_slli_epi64(p0o, 32));
+        const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p1e, 32), p1o);
+        const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, p1e, _mm512_slli_epi64(p1o, 32));
+        c0[h] = _mm512_ternarylogic_epi32(hi1, c1[h], key0, 0x96);
+        c2[h] = _mm512_ternarylogic_epi32(hi0, c3[h], key1, 0x96);
+        c1[h] = lo1;
+        c3[h] = lo0;
+      }
       k0 += kPhiloxWeyl0;
       k1 += kPhiloxWeyl1;
     }
-    const __m512i words[4] = {c0, c1, c2, c3};
-    for (int w = 0; w < 4; ++w) {
-      const __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(words[w], 8), offset);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(j), scale), bound_v);
-      _mm512_storeu_ps(out + w * kNolaTileBlocks + g, v);
+    for (int h = 0; h < kGroups; ++h) {
+      const __m512i words[4] = {c0[h], c1[h], c2[h], c3[h]};
+      for (int w = 0; w < 4; ++w) {
+        const __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(words[w], 8), offset);
+        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(j), scale), bound_v);
+        _mm512_storeu_ps(out + w * kNolaTileBlocks + g + 16 * h, v);
+      }
     }
   }
 }
