@@ -224,7 +224,7 @@ TEST(ModuleSelection, SaveWritesTheExactSelection) {
 /// the file says fan_in_fan_out = false, PEFT used true for the Conv1D layers.
 struct MixedCase {
   std::vector<std::string> modules;
-  std::map<std::string, Matrix<float, Cpu>> weights;
+  std::map<std::string, Matrix<float, Cpu>> weights, biases;
   BaseModel<float, Cpu> base;
   SafetensorsReader io;
 
@@ -235,10 +235,13 @@ struct MixedCase {
     const auto r = SafetensorsReader::open(data_dir() / "peft_lora_mixed" / "base.safetensors");
     for (const auto& m : modules) {
       weights.emplace(m, r.read_matrix<float>(m + ".weight"));
+      const auto& b = biases.emplace(m, r.read_matrix<float>(m + ".bias")).first->second;
       const WeightLayout layout = !declare                ? WeightLayout::from_config
                                   : m.ends_with("c_proj") ? WeightLayout::in_out
                                                           : WeightLayout::out_in;
-      base.emplace(m, BaseLinear<float, Cpu>(as_const(weights.at(m).view()), {}, layout));
+      base.emplace(
+          m, BaseLinear<float, Cpu>(as_const(weights.at(m).view()),
+                                    VectorView<const float, Cpu>(b.data(), b.size()), layout));
     }
   }
 

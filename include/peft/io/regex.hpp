@@ -41,7 +41,7 @@ class PyRegex {
   /// refuse it, interpret it differently, or it is beyond the limits.
   explicit PyRegex(std::string_view pattern) : pattern_(pattern) {
     fail_if(pattern.size() > kMaxPatternLength, 0,
-            detail::concat("is longer than ", kMaxPatternLength, " characters"));
+            detail::concat("is longer than ", kMaxPatternLength, " bytes"));
     text_ = decode(pattern, "the pattern");
     Parser p{*this};
     const int root = p.alternation(0);
@@ -49,6 +49,7 @@ class PyRegex {
     emit_node(root);
     program_.push_back({Op::match});
     nodes_.clear();
+    text_.clear();
   }
 
   const std::string& pattern() const noexcept { return pattern_; }
