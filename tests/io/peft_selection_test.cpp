@@ -107,6 +107,8 @@ TEST(ModuleSelection, FollowsPeftRules) {
       {R"({"target_modules": ["q"], "layers_to_transform": []})",
        {"model.layers.0.q", "model.layers.1.q", "model.layers.12.q", "model.layers.1.experts.0.q",
         "model.h.1.q", "h.1.q", "a.b.1.q", "model.layers.x.q"}},
+      {R"({"target_modules": ["q"], "layers_to_transform": [1], "layers_pattern": ""})",
+       {"model.layers.1.q", "model.layers.1.experts.0.q", "model.h.1.q", "a.b.1.q"}},
       {R"({"target_modules": []})", {}},
   };
   for (const Case& c : cases)

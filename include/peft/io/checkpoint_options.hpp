@@ -21,7 +21,8 @@ struct SaveOptions {
   std::string base_model_name_or_path = {};
   std::string revision = {};
   std::string task_type = {};  // e.g. "CAUSAL_LM"
-  /// target_modules; default: the full names of the set's modules.
+  /// target_modules, as given. Default: a regular expression that selects exactly the set's
+  /// modules in PEFT (re.fullmatch), as a list of names would also select "x.<name>".
   std::optional<std::vector<std::string>> target_modules = std::nullopt;
 };
 

@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -71,7 +72,7 @@ class ModuleSelection {
       };
       if (v->is_array())
         for (const auto& e : *v) add(e);
-      else
+      else if (!(v->is_string() && v->get<std::string>().empty()))  // "": the default below
         add(*v);
     }
     if (s.layer_patterns_.empty())
