@@ -6,6 +6,7 @@ and must reproduce PEFT's numbers.
 
     python -m venv /tmp/venv && /tmp/venv/bin/pip install torch peft safetensors
     /tmp/venv/bin/python tests/data/make_golden.py            # rewrites tests/data/*
+    /tmp/venv/bin/python tests/data/make_golden.py only CASE...  # rewrites these cases only
     /tmp/venv/bin/python tests/data/make_golden.py verify DIR CASE
         # loads an adapter saved by peft-cpp (DIR) into PEFT over CASE's base model and checks
         # that PEFT's outputs on CASE's inputs equal the recorded ones
@@ -78,6 +79,24 @@ class Gpt2Block(nn.Module):
         self.c_proj = Conv1D(hidden, hidden)
 
 
+class MixedBlock(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.c_proj = Conv1D(hidden, hidden)  # square, weight [in, out]
+        self.fc = nn.Linear(hidden, hidden)  # square, weight [out, in]
+
+
+class TinyMixed(nn.Module):
+    """Square Conv1D and square nn.Linear layers in one model: PEFT sets fan_in_fan_out per
+    layer from the module's type, whatever the config says: h.<i>.{c_proj,fc}."""
+
+    def __init__(self, hidden=6, layers=2):
+        super().__init__()
+        self.h = nn.ModuleList([MixedBlock(hidden) for _ in range(layers)])
+
+
 class TinyGpt2(nn.Module):
     """GPT-2's Conv1D layers (weight [in, out]): transformer.h.<i>.attn.{c_attn,c_proj}."""
 
@@ -108,12 +127,17 @@ def base_tensors(model):
     return tensors
 
 
+ONLY = None  # the cases to write (make_golden.py only CASE...), or None for everything
+
+
 def write_case(case, make_base, config, adapter_dtype=None):
     """Trains nothing: builds a random LoRA (init_lora_weights=False) over make_base(), saves it
     with save_pretrained, then reloads it with PeftModel.from_pretrained over a fresh copy of the
     base and records the reloaded model's numbers. The reload matters: PEFT writes
     adapter_config.json with sorted keys, so rank_pattern / alpha_pattern are matched in sorted
     order after a reload, which can differ from the order the config was built with."""
+    if ONLY is not None and case not in ONLY:
+        return
     folder = os.path.join(HERE, "peft_" + case)
     adapter_dir = os.path.join(folder, "adapter")
     os.makedirs(folder, exist_ok=True)
@@ -286,6 +310,27 @@ def generate():
     write_case("lora_f16", lambda: TinyLlama(layers=1),
                LoraConfig(r=2, lora_alpha=4, target_modules=["k_proj"],
                           init_lora_weights=False), adapter_dtype=torch.float16)
+    torch.manual_seed(1240)
+    # fan_in_fan_out=False in the config: PEFT sets it per layer from the module's type.
+    write_case("lora_mixed", TinyMixed,
+               LoraConfig(r=2, lora_alpha=4, target_modules=["c_proj", "fc"],
+                          init_lora_weights=False))
+    torch.manual_seed(1241)
+    # Selection by layer index and exclusion: q_proj and v_proj of layers 0 and 2, without
+    # layer 2's v_proj.
+    write_case("lora_select", lambda: TinyLlama(layers=3),
+               LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                          layers_to_transform=[0, 2], layers_pattern="layers",
+                          exclude_modules=["model.layers.2.self_attn.v_proj"],
+                          init_lora_weights=False))
+    torch.manual_seed(1242)
+    # target_modules as a regular expression (re.fullmatch).
+    write_case("lora_regex", lambda: TinyLlama(layers=3),
+               LoraConfig(r=2, lora_alpha=4,
+                          target_modules=r".*\.layers\.[12]\.self_attn\.(k|o)_proj",
+                          init_lora_weights=False))
+    if ONLY is not None:
+        return
     torch.manual_seed(1239)
     write_dtypes()
     write_fuzz_corpus()
@@ -300,7 +345,9 @@ def build_base(case):
     """A fresh base model of CASE with the recorded base weights."""
     model = {"lora_basic": lambda: TinyLlama(), "lora_patterns": lambda: TinyLlama(layers=3),
              "lora_conv1d": lambda: TinyGpt2(), "lora_bf16": lambda: TinyLlama(layers=1),
-             "lora_f16": lambda: TinyLlama(layers=1)}[case]()
+             "lora_f16": lambda: TinyLlama(layers=1), "lora_mixed": lambda: TinyMixed(),
+             "lora_select": lambda: TinyLlama(layers=3),
+             "lora_regex": lambda: TinyLlama(layers=3)}[case]()
     state = load_file(os.path.join(HERE, "peft_" + case, "base.safetensors"))
     missing = model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
@@ -338,6 +385,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "verify":
         verify(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 1:
+        generate()
+    elif len(sys.argv) > 2 and sys.argv[1] == "only":
+        ONLY = set(sys.argv[2:])
         generate()
     else:
         sys.exit(__doc__)

@@ -130,6 +130,11 @@ TEST(PeftGolden, Conv1dWithFanInFanOut) {
                ErrorKind::io, {"fan_in_fan_out = false"});
 }
 
+TEST(PeftGolden, SelectionByLayerIndexExclusionAndRegex) {
+  check_case<float>("lora_select", SafetensorsAccess::mmap);   // layers_to_transform, exclude
+  check_case<float>("lora_regex", SafetensorsAccess::stream);  // target_modules as a regex
+}
+
 TEST(PeftGolden, SixteenBitAdapterFiles) {
   EXPECT_EQ(SafetensorsReader::open(data_dir() / "peft_lora_bf16" / "adapter" /
                                     "adapter_model.safetensors")
@@ -148,7 +153,8 @@ TEST(PeftGolden, SixteenBitAdapterFiles) {
 
 TEST(PeftGolden, ResavedAdaptersLoadIdentically) {
   const char* export_dir = std::getenv("PEFT_TEST_EXPORT_DIR");
-  for (const char* name : {"lora_basic", "lora_patterns", "lora_conv1d", "lora_bf16", "lora_f16"}) {
+  for (const char* name : {"lora_basic", "lora_patterns", "lora_conv1d", "lora_bf16", "lora_f16",
+                           "lora_select", "lora_regex"}) {
     SCOPED_TRACE(name);
     HostCtx ctx;
     GoldenCase<float> c(name);

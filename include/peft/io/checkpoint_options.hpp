@@ -3,6 +3,8 @@
 // save options (RosaSaveOptions, ...) come with its format (io/<method>_format.hpp).
 
 #include <cstdint>
+#include <functional>
+#include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,7 +21,8 @@ struct SaveOptions {
   std::string base_model_name_or_path = {};
   std::string revision = {};
   std::string task_type = {};  // e.g. "CAUSAL_LM"
-  /// target_modules; default: the full names of the set's modules.
+  /// target_modules, as given. Default: a regular expression that selects exactly the set's
+  /// modules in PEFT (re.fullmatch), as a list of names would also select "x.<name>".
   std::optional<std::vector<std::string>> target_modules = std::nullopt;
 };
 
@@ -38,6 +41,21 @@ struct LoadOptions {
   /// type, which the file does not record).
   std::optional<bool> fan_in_fan_out = std::nullopt;
   std::uint64_t max_config_bytes = std::uint64_t{16} << 20;
+  /// Receives what a load accepts but PEFT would warn about (a config field peft-cpp does not
+  /// know, a fan_in_fan_out that a layer's declared layout overrides); default: printed to
+  /// std::cerr. Throw from it to refuse such checkpoints instead.
+  std::function<void(const std::string&)> warn = nullptr;
 };
+
+namespace detail {
+
+inline void warn(const LoadOptions& options, const std::string& message) {
+  if (options.warn)
+    options.warn(message);
+  else
+    std::cerr << "peft-cpp warning: " << message << '\n';
+}
+
+}  // namespace detail
 
 }  // namespace peft

@@ -24,6 +24,7 @@ class ConfigReader {
   ConfigReader(const Json& json, std::string source) : json_(json), source_(std::move(source)) {}
 
   const std::string& source() const noexcept { return source_; }
+  const Json& json() const noexcept { return json_; }
 
   template <class... What>
   [[noreturn]] void fail(const What&... what) const {

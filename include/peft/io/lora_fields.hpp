@@ -3,7 +3,9 @@
 // ROSA config extends them), and the low-rank factors A [r, in] and B [out, r] such formats
 // hold per module: read, checked and written here only.
 
+#include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <span>
 #include <string>
 #include <string_view>
@@ -60,6 +62,12 @@ struct LoraFields {
     if (const auto* bias = in.given("bias"); bias && !(bias->is_string() && *bias == "none"))
       in.fail("bias ", bias->dump(), " is not supported (only \"none\")");
     in.refuse_set({"modules_to_save"}, method);
+    // PEFT 0.21's LoRA variants and extensions: each changes the layer's math while its tensors
+    // can still look like plain lora_A / lora_B.
+    in.refuse_set({"use_dora", "lora_bias", "use_qalora", "use_bdlora", "kasa_config",
+                   "velora_config", "monteclora_config", "arrow_config", "alora_invocation_tokens",
+                   "layer_replication", "target_parameters", "trainable_token_indices"},
+                  method);
     in.read_patterns("rank_pattern", "an integer >= 1", ConfigReader::is_positive_integer,
                      [&](const std::string& k, const auto& v) {
                        patterns.add_rank(k, v.template get<index_t>());
@@ -92,6 +100,71 @@ struct LoraFields {
     }
   }
 };
+
+/// Every field of PEFT 0.21's LoraConfig (and PeftConfig): a LORA config holding another one
+/// comes from a newer PEFT, whose meaning peft-cpp cannot know.
+inline constexpr std::string_view kPeftLoraConfigFields[] = {"alora_invocation_tokens",
+                                                             "alpha_pattern",
+                                                             "arrow_config",
+                                                             "auto_mapping",
+                                                             "base_model_name_or_path",
+                                                             "bias",
+                                                             "corda_config",
+                                                             "ensure_weight_tying",
+                                                             "eva_config",
+                                                             "exclude_modules",
+                                                             "fan_in_fan_out",
+                                                             "inference_mode",
+                                                             "init_lora_weights",
+                                                             "kasa_config",
+                                                             "layer_replication",
+                                                             "layers_pattern",
+                                                             "layers_to_transform",
+                                                             "loftq_config",
+                                                             "lora_alpha",
+                                                             "lora_bias",
+                                                             "lora_dropout",
+                                                             "lora_ga_config",
+                                                             "megatron_config",
+                                                             "megatron_core",
+                                                             "modules_to_save",
+                                                             "monteclora_config",
+                                                             "peft_type",
+                                                             "peft_version",
+                                                             "qalora_group_size",
+                                                             "r",
+                                                             "rank_pattern",
+                                                             "revision",
+                                                             "runtime_config",
+                                                             "target_modules",
+                                                             "target_parameters",
+                                                             "task_type",
+                                                             "trainable_token_indices",
+                                                             "use_bdlora",
+                                                             "use_dora",
+                                                             "use_qalora",
+                                                             "use_rslora",
+                                                             "velora_config"};
+
+/// Warns (LoadOptions::warn) about the fields that PEFT 0.21's LoraConfig does not have and that
+/// are set to anything but null, false or an empty container.
+inline void warn_unknown_lora_fields(const ConfigReader& in, const LoadOptions& options) {
+  std::string unknown;
+  for (const auto& [key, value] : in.json().items()) {
+    if (std::find(std::begin(kPeftLoraConfigFields), std::end(kPeftLoraConfigFields), key) !=
+        std::end(kPeftLoraConfigFields))
+      continue;
+    if (value.is_null() || (value.is_boolean() && !value.get<bool>()) ||
+        ((value.is_array() || value.is_object()) && value.empty()))
+      continue;
+    unknown += detail::concat(unknown.empty() ? "" : ", ", key, " = ", value.dump());
+  }
+  if (!unknown.empty())
+    detail::warn(options,
+                 detail::concat(
+                     in.source(),
+                     ": fields PEFT 0.21 does not have (from a newer PEFT?), ignored: ", unknown));
+}
 
 // ---- saving --------------------------------------------------------------------------------
 

@@ -47,9 +47,7 @@ struct LoraAdapterConfig : LoraFields {
     in.expect_peft_type("LORA");
     LoraAdapterConfig c;
     c.read(in, c, "LoRA", options);
-    in.refuse_set({"use_dora", "lora_bias", "use_qalora", "layer_replication", "target_parameters",
-                   "trainable_token_indices", "alora_invocation_tokens"},
-                  "LoRA");
+    warn_unknown_lora_fields(in, options);
     return c;
   }
 };

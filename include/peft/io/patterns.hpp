@@ -15,14 +15,19 @@ namespace peft {
 
 namespace detail {
 
-/// std::regex(`text`), or an io error naming the key.
-inline std::regex pattern_regex(const std::string& text, const std::string& key) {
+/// `key` for a message: whole up to 80 bytes, else its start and its length.
+inline std::string key_for_message(const std::string& key) {
+  return key.size() <= 80 ? key : concat(key.substr(0, 60), "...(", key.size(), " bytes)");
+}
+
+/// The regular expression `text` (built around the key `key`), or an io error naming the key.
+inline PyRegex pattern_regex(const std::string& text, const std::string& key) {
   try {
-    return std::regex(text, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
+    return PyRegex(text);
+  } catch (const Error& e) {
     throw Error(ErrorKind::io,
-                concat("pattern key '", key,
-                       "' is not a regular expression std::regex accepts: ", e.what()));
+                concat("pattern key '", key_for_message(key),
+                       "' is not a regular expression peft-cpp accepts: ", e.what()));
   }
 }
 
@@ -64,7 +69,8 @@ std::vector<std::pair<std::string, V>> sorted_by_key(std::vector<std::pair<std::
 }  // namespace detail
 
 /// An ordered pattern dictionary with PEFT's matching (utils.other.get_pattern_key): key k
-/// applies to module m when std::regex_match(m, "(.*\.)?(k)$"); the first such key wins.
+/// applies to module m when Python's re.match("(.*\.)?(k)$", m) succeeds (io/regex.hpp: the
+/// same syntax and meaning, in linear time); the first such key wins.
 template <class V>
 class PatternMap {
  public:
@@ -79,7 +85,8 @@ class PatternMap {
     for (const auto& [key, value] : entries) add(key, value);
   }
 
-  /// Appends key -> value; an io error when the key is not an ECMAScript regular expression.
+  /// Appends key -> value; an io error naming the key when it is not a regular expression
+  /// PyRegex accepts.
   void add(std::string key, V value) {
     regexes_.push_back(detail::pattern_regex("(.*\\.)?(" + key + ")$", key));
     entries_.push_back({std::move(key), std::move(value)});
@@ -88,7 +95,7 @@ class PatternMap {
   /// The first entry whose key matches `module`, or null.
   const Entry* match(std::string_view module) const {
     for (std::size_t i = 0; i < entries_.size(); ++i)
-      if (std::regex_match(module.begin(), module.end(), regexes_[i])) return &entries_[i];
+      if (regexes_[i].prefix_match(module)) return &entries_[i];
     return nullptr;
   }
   V value_for(std::string_view module, V fallback) const {
@@ -102,7 +109,7 @@ class PatternMap {
 
  private:
   std::vector<Entry> entries_;
-  std::vector<std::regex> regexes_;
+  std::vector<PyRegex> regexes_;
 };
 
 namespace detail {

@@ -21,7 +21,9 @@
 #include "adapter_format.hpp"
 #include "checkpoint.hpp"
 #include "checkpoint_options.hpp"
+#include "module_selection.hpp"
 #include "module_tensors.hpp"
+#include "regex.hpp"
 
 namespace peft {
 
@@ -39,6 +41,24 @@ typename F::MethodOptions method_options(const Given& given) {
                    F::name, ")");
     return {};
   }
+}
+
+/// target_modules that select exactly `modules` in PEFT: a list of names would also select
+/// every module whose name ends in ".<name>" (block.fc for fc), so a regular expression that
+/// re.fullmatch matches with these names only.
+inline std::string exact_target_modules(const std::vector<std::string>& modules) {
+  std::string regex = exact_selection_regex(modules);
+  try {
+    const PyRegex check(regex);
+    for (const std::string& m : modules)
+      PEFT_CHECK(check.full_match(m), ErrorKind::state, "save_adapter: target_modules '", regex,
+                 "' does not select module '", m, "'");
+  } catch (const Error& e) {
+    throw Error(ErrorKind::state, concat("save_adapter: cannot write the ", modules.size(),
+                                         " modules as one target_modules pattern (", e.what(),
+                                         "); give SaveOptions::target_modules"));
+  }
+  return regex;
 }
 
 template <class F, class T, class B, class Given>
@@ -59,17 +79,68 @@ void save_as(const std::filesystem::path& dir, AdapterSet<T, B>& set, Context<B>
   f["inference_mode"] = true;
   f["peft_type"] = F::peft_type;
   f["revision"] = string_or_null(options.revision);
-  f["target_modules"] = options.target_modules.value_or(job.modules);
+  if (options.target_modules)
+    f["target_modules"] = *options.target_modules;
+  else
+    f["target_modules"] = exact_target_modules(job.modules);
   f["task_type"] = string_or_null(options.task_type);
   commit_adapter_files(dir, f.text(), job.writer);
 }
+
+/// Sets a config's fan_in_fan_out per layer from the layers' declared layouts, as PEFT sets it
+/// from the module's type: the file's flag holds for layers of layout from_config; where it
+/// contradicts a declared layout, the layout wins with a warning (as PEFT warns). An explicit
+/// LoadOptions::fan_in_fan_out that contradicts a declared layout is refused.
+template <class Config>
+class LayoutApplier {
+ public:
+  static constexpr bool has_flag = requires(Config c) { c.fan_in_fan_out = true; };
+
+  LayoutApplier(Config& config, const std::string& where, const LoadOptions& options)
+      : config_(config), where_(where), options_(options) {
+    if constexpr (has_flag) flag_ = config.fan_in_fan_out;
+  }
+
+  /// The config for the layer of `module`.
+  const Config& apply(const std::string& module, WeightLayout layout) {
+    if constexpr (has_flag) {
+      const bool wanted = layout_fan_in_fan_out(layout, flag_);
+      if (layout != WeightLayout::from_config) {
+        PEFT_CHECK_ARG(!options_.fan_in_fan_out || *options_.fan_in_fan_out == wanted, where_,
+                       ": LoadOptions::fan_in_fan_out = ", flag_ ? "true" : "false",
+                       " contradicts module '", module, "', declared ", to_string(layout));
+        if (wanted != flag_ && !warned_) {
+          warned_ = true;
+          warn(options_, concat(where_, ": fan_in_fan_out is ", flag_ ? "true" : "false",
+                                " but module '", module, "' is declared ", to_string(layout),
+                                ": each layer's declared layout is used, as PEFT uses the "
+                                "module's type"));
+        }
+      }
+      config_.fan_in_fan_out = wanted;
+    } else {
+      (void)module;
+      (void)layout;
+    }
+    return config_;
+  }
+
+ private:
+  Config& config_;
+  const std::string& where_;
+  const LoadOptions& options_;
+  bool flag_ = false;
+  bool warned_ = false;
+};
 
 template <class F, class T, class B>
 AdapterSet<T, B> load_as(const std::filesystem::path& dir, const AdapterConfigFile& file,
                          const BaseModel<T, B>& base, Context<B>& ctx, const LoadOptions& options) {
   const std::string where = concat("load_adapter: ", quoted(dir));
-  const typename F::FileConfig config =
+  typename F::FileConfig config =
       F::FileConfig::from_json(file.json, concat(where, ": ", kAdapterConfigName), options);
+  const ModuleSelection selection =
+      ModuleSelection::read(ConfigReader(file.json, concat(where, ": ", kAdapterConfigName)));
   const SafetensorsReader reader = open_adapter_weights(dir, file, options);
   std::vector<std::string_view> suffixes;
   for (const ParameterKey& key : F::parameter_keys) suffixes.push_back(key.suffix);
@@ -81,11 +152,17 @@ AdapterSet<T, B> load_as(const std::filesystem::path& dir, const AdapterConfigFi
   using Loaded = decltype(F::read_module(config, std::declval<const ModuleSource&>(),
                                          base.begin()->second, options));
   std::vector<Loaded> loaded;
+  LayoutApplier<typename F::FileConfig> layouts(config, where, options);
   for (const ModuleTensors& m : modules) {
+    PEFT_CHECK(selection.selects(m.module()), ErrorKind::io, where, ": ", kAdapterWeightsName,
+               " has tensors for module '", m.module(), "', which ", kAdapterConfigName,
+               " does not select (target_modules, exclude_modules, layers_to_transform): PEFT "
+               "would not apply them");
     const auto it = base.find(m.module());
     PEFT_CHECK(it != base.end(), ErrorKind::io, where, ": the adapter has module '", m.module(),
                "', which is not among the ", base.size(), " base layers given");
-    loaded.push_back(F::read_module(config, ModuleSource{where, m, reader}, it->second, options));
+    loaded.push_back(F::read_module(layouts.apply(m.module(), it->second.layout),
+                                    ModuleSource{where, m, reader}, it->second, options));
   }
 
   AdapterSet<T, B> set;

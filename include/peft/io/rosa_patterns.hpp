@@ -35,9 +35,7 @@ class RosaPatterns {
     auto scan = [&](const auto& entries) {
       for (const auto& e : entries) {
         if (key != nullptr) return;
-        if (std::regex_search(module.begin(), module.end(), e.re,
-                              std::regex_constants::match_continuous))
-          key = &e.key;
+        if (e.re.prefix_match(module)) key = &e.key;
       }
     };
     scan(rank_);
@@ -58,12 +56,12 @@ class RosaPatterns {
   struct Entry {
     std::string key;
     V value;
-    std::regex re;
+    PyRegex re;
   };
 
   template <class V>
   static void add(std::vector<Entry<V>>& to, std::string key, V value) {
-    std::regex re = detail::pattern_regex(".*\\." + key + "$", key);
+    PyRegex re = detail::pattern_regex(".*\\." + key + "$", key);
     to.push_back({std::move(key), value, std::move(re)});
   }
 

@@ -74,6 +74,7 @@ class AdapterSet {
     static_assert(AdapterFormats::has_layer<M<T, B>, T, B>,
                   "AdapterSet::add<M>: M is not among AdapterFormats (model/adapter_types.hpp)");
     check_new_module("AdapterSet::add", module);
+    check_layout(module, base.layout, config);
     const LayerOptions options{.stream_id = module_stream_id(module)};
     return emplace<M<T, B>>(std::move(module), ctx, base.weight, config, options, base.bias);
   }
@@ -201,6 +202,23 @@ class AdapterSet {
   void check_new_module(const char* where, const std::string& module) const {
     PEFT_CHECK_ARG(!module.empty(), where, ": the module name is empty");
     PEFT_CHECK_ARG(!contains(module), where, ": module '", module, "' already has an adapter");
+  }
+
+  /// A layer whose config's fan_in_fan_out contradicts the base layer's declared layout would
+  /// compute with the weight transposed (silently so when it is square).
+  template <class Config>
+  static void check_layout(const std::string& module, WeightLayout layout, const Config& config) {
+    if (layout == WeightLayout::from_config) return;
+    bool flag = false;
+    if constexpr (requires { config.fan_in_fan_out; })
+      flag = config.fan_in_fan_out;
+    else if constexpr (requires { config.lora.fan_in_fan_out; })
+      flag = config.lora.fan_in_fan_out;
+    else
+      return;
+    PEFT_CHECK_ARG(flag == (layout == WeightLayout::in_out), "AdapterSet::add: module '", module,
+                   "' has fan_in_fan_out = ", flag ? "true" : "false", " but its base layer is ",
+                   to_string(layout));
   }
 
   template <class L, class... Args>
