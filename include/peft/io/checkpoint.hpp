@@ -5,21 +5,21 @@
 //   adapter_config.json        {"peft_type": "LORA", ...}: which format, and its fields
 //   adapter_model.safetensors  the tensors, named base_model.model.<module>.<tensor>
 //
-// Both files are written atomically (temporary file, fsync, rename). They are tied together:
-// the SHA-256 of the exact bytes of adapter_config.json is stored in the safetensors metadata
-// under "peft_cpp_config_sha256" (what `sha256sum adapter_config.json` prints), so a config
-// and weights from two different saves (e.g. a save interrupted between its two renames) are
-// detected on load. Files without the key (PEFT writes none) are accepted.
+// A save replaces the directory as a whole (directory_transaction.hpp): after a crash at any
+// moment it holds exactly the old adapter or exactly the new one, and the user's other files.
+// The two files are also tied together: the SHA-256 of the exact bytes of adapter_config.json
+// is stored in the safetensors metadata under "peft_cpp_config_sha256" (what `sha256sum
+// adapter_config.json` prints), so a config and weights from two different saves (copied or
+// edited by hand) are detected on load. Files without the key (PEFT writes none) are accepted.
 
 #include <cstdint>
 #include <filesystem>
-#include <span>
 #include <string>
-#include <system_error>
 
 #include <nlohmann/json.hpp>
 
 #include "checkpoint_options.hpp"
+#include "directory_transaction.hpp"
 #include "file.hpp"
 #include "json.hpp"
 #include "safetensors.hpp"
@@ -79,26 +79,16 @@ inline SafetensorsReader open_adapter_weights(const std::filesystem::path& dir,
   return reader;
 }
 
-/// Writes the two files atomically: both go to temporary files and are flushed first, then
-/// the weights are renamed into place, then the config. A crash between the renames leaves new
-/// weights (holding the new config's hash) beside the old config: load refuses the pair.
+/// Writes the two files into `dir` (created if missing) as one transaction: every save format
+/// goes through here, so every save is atomic as a whole and keeps the directory's other files.
 inline void commit_adapter_files(const std::filesystem::path& dir, const std::string& config,
                                  SafetensorsWriter& weights) {
   weights.set_metadata("format", "pt");
   weights.set_metadata(kAdapterConfigHashKey, sha256_hex(config));
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  PEFT_CHECK(!error, ErrorKind::io, "save_adapter: cannot create ", quoted(dir), ": ",
-             error.message());
-  AtomicFile weights_file(dir / kAdapterWeightsName);
-  weights.write_to([&](std::span<const std::byte> bytes) { weights_file.write(bytes); });
-  weights_file.finish();
-  AtomicFile config_file(dir / kAdapterConfigName);
-  config_file.write(config);
-  config_file.finish();
-  weights_file.commit();
-  config_file.commit();
-  sync_directory(dir);
+  DirectoryTransaction save(dir, "save_adapter");
+  save.write(kAdapterWeightsName, [&](auto&& sink) { weights.write_to(sink); });
+  save.write(kAdapterConfigName, config);
+  save.commit();
 }
 
 }  // namespace detail
