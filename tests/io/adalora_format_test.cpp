@@ -69,7 +69,7 @@ json read_json(const fs::path& path) {
   return json::parse(in);
 }
 
-struct Fixture : ::testing::Test {
+struct AdaLoraCheckpoint : ::testing::Test {
   HostCtx ctx;
   Base base;
   TempDir dir;
@@ -102,7 +102,7 @@ struct Fixture : ::testing::Test {
   }
 };
 
-TEST_F(Fixture, PrunedCheckpointHasPeftsKeysShapesAndRankPattern) {
+TEST_F(AdaLoraCheckpoint, PrunedCheckpointHasPeftsKeysShapesAndRankPattern) {
   save_pruned();
   const json c = config();
   EXPECT_EQ(c["peft_type"], "ADALORA");
@@ -125,7 +125,7 @@ TEST_F(Fixture, PrunedCheckpointHasPeftsKeysShapesAndRankPattern) {
 }
 
 // The loaded layers hold the kept ranks and divide by init_r: the same outputs and ΔW.
-TEST_F(Fixture, PrunedCheckpointLoadsToTheSameOutputs) {
+TEST_F(AdaLoraCheckpoint, PrunedCheckpointLoadsToTheSameOutputs) {
   auto set = save_pruned();
   auto loaded = load_adapter(dir.path(), base.model, ctx);
   for (const auto& module : kModules) {
@@ -158,7 +158,7 @@ TEST_F(Fixture, PrunedCheckpointLoadsToTheSameOutputs) {
 
 // Without a pattern every rank is written (masked ones with E = 0), with no rank_pattern: what
 // resuming a run needs.
-TEST_F(Fixture, WithoutAPatternEveryRankIsWritten) {
+TEST_F(AdaLoraCheckpoint, WithoutAPatternEveryRankIsWritten) {
   auto set = make_set(ctx, base);
   save_adapter(dir.path(), set, ctx);
   EXPECT_TRUE(config()["rank_pattern"].is_null());
@@ -173,7 +173,7 @@ TEST_F(Fixture, WithoutAPatternEveryRankIsWritten) {
 }
 
 // A compacted layer (keep_ranks) is saved with the pattern over its initial ranks.
-TEST_F(Fixture, CompactedLayersSaveThePatternOverTheirInitialRanks) {
+TEST_F(AdaLoraCheckpoint, CompactedLayersSaveThePatternOverTheirInitialRanks) {
   auto set = make_set(ctx, base);
   Layer& q = layer_of(set, kModules[0]);
   mask(ctx, q, q_keep);
@@ -188,7 +188,7 @@ TEST_F(Fixture, CompactedLayersSaveThePatternOverTheirInitialRanks) {
   EXPECT_LT(relative_error(as_const(before.view()), as_const(after.view())), 1e-14);
 }
 
-TEST_F(Fixture, SaveRefusesPatternsThatDoNotFit) {
+TEST_F(AdaLoraCheckpoint, SaveRefusesPatternsThatDoNotFit) {
   auto set = make_set(ctx, base);
   expect_error(
       [&] {
@@ -217,7 +217,7 @@ TEST_F(Fixture, SaveRefusesPatternsThatDoNotFit) {
       ErrorKind::invalid_argument, {"tinit (5)", "total_step - tfinal"});
 }
 
-TEST_F(Fixture, RefusesMalformedRankPatterns) {
+TEST_F(AdaLoraCheckpoint, RefusesMalformedRankPatterns) {
   save_pruned();
   const std::string key = kModules[0] + ".lora_E";
   auto with_pattern = [&](json pattern) {
@@ -246,7 +246,7 @@ TEST_F(Fixture, RefusesMalformedRankPatterns) {
   EXPECT_NO_THROW(load_adapter(dir.path(), base.model, ctx, {.verify_config_hash = false}));
 }
 
-TEST_F(Fixture, RefusesInconsistentConfigs) {
+TEST_F(AdaLoraCheckpoint, RefusesInconsistentConfigs) {
   save_pruned();
   const json saved = config();
   auto with = [&](const char* key, json value) {
@@ -268,7 +268,7 @@ TEST_F(Fixture, RefusesInconsistentConfigs) {
   refused({"bias \"all\" is not supported"});
 }
 
-TEST_F(Fixture, RefusesHostileTensors) {
+TEST_F(AdaLoraCheckpoint, RefusesHostileTensors) {
   save_pruned();
   const std::string e_key = tensor_key(kModules[0], "lora_E");
   edit_weights([&](SafetensorsWriter& w, const SafetensorsTensorInfo& t) {
@@ -402,13 +402,13 @@ TEST(AdaLoraAllocatorState, ResumingGivesTheSameMasksAsNotStopping) {
   EXPECT_TRUE(peft_resume_differs) << "restarted EMAs (PEFT's resume) are not the same run";
 }
 
-struct StateFile : ::testing::Test {
+struct AdaLoraStateFile : ::testing::Test {
   HostCtx ctx;
   Base base;
   TempDir dir;
   AdapterSet<double, Cpu> set = make_set(ctx, base);
 
-  StateFile() {
+  AdaLoraStateFile() {
     auto a = allocator_for(ctx, set);
     for (std::int64_t step = 0; step < 4; ++step) train_step(ctx, set, a, step);
     save_allocator_state(dir.path(), a, ctx);
@@ -440,7 +440,7 @@ struct StateFile : ::testing::Test {
   }
 };
 
-TEST_F(StateFile, RefusesAnotherScheduleOrOtherLayers) {
+TEST_F(AdaLoraStateFile, RefusesAnotherScheduleOrOtherLayers) {
   auto other = kRun;
   other.total_step = 13;
   refused({"saved with the allocator options", "a run resumes with its own schedule"}, other);
@@ -451,7 +451,7 @@ TEST_F(StateFile, RefusesAnotherScheduleOrOtherLayers) {
                {"saved for the layers (name, rank)", "in the same order"});
 }
 
-TEST_F(StateFile, RefusesValuesAnAllocatorCannotHold) {
+TEST_F(AdaLoraStateFile, RefusesValuesAnAllocatorCannotHold) {
   const std::string sens = kModules[0] + ".lora_A.sensitivity";
   edit([&](SafetensorsWriter&, const std::string& name, Matrix<double, Cpu>& m) {
     if (name == sens) m.data()[3] = -1.0;
@@ -481,7 +481,7 @@ TEST_F(StateFile, RefusesValuesAnAllocatorCannotHold) {
   refused({"it holds 12 tensors, the allocator's state has 13"});
 }
 
-TEST_F(StateFile, RefusesBrokenMetadataAndAFinalMaskOffBudget) {
+TEST_F(AdaLoraStateFile, RefusesBrokenMetadataAndAFinalMaskOffBudget) {
   auto with_meta = [&](const std::string& text) {
     const auto r = SafetensorsReader::open(file());
     SafetensorsWriter w;

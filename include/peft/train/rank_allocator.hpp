@@ -11,7 +11,9 @@
 // tie at its threshold, and its kthvalue fails for k = 0), ties going to the earlier layer and
 // the smaller rank index, identically on the CPU and the GPU; the statistics stay where the
 // layers live (scores, threshold and mask included); and state() exposes everything a resumed
-// run needs to make the masks an uninterrupted run makes.
+// run needs to make the masks an uninterrupted run makes (io/adalora_allocator_state.hpp saves
+// it). Once the pattern is final, compact(ctx, optimizer) shrinks the layers to their kept
+// ranks, so that a step costs what a LoRA of those ranks costs.
 
 #include <algorithm>
 #include <cmath>
