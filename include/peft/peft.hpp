@@ -25,6 +25,7 @@
 #include "model/adapter_set.hpp"
 #include "model/base_model.hpp"
 
+#include "io/adalora_allocator_state.hpp"
 #include "io/lora_export.hpp"
 #include "io/peft_format.hpp"
 #include "io/safetensors.hpp"

@@ -7,6 +7,7 @@ and must reproduce PEFT's numbers.
     python -m venv /tmp/venv && /tmp/venv/bin/pip install torch peft safetensors
     /tmp/venv/bin/python tests/data/make_golden.py            # rewrites tests/data/*
     /tmp/venv/bin/python tests/data/make_golden.py only CASE...  # rewrites these cases only
+    /tmp/venv/bin/python tests/data/make_golden.py adalora    # rewrites tests/data/peft_adalora
     /tmp/venv/bin/python tests/data/make_golden.py verify DIR CASE
         # loads an adapter saved by peft-cpp (DIR) into PEFT over CASE's base model and checks
         # that PEFT's outputs on CASE's inputs equal the recorded ones
@@ -19,6 +20,11 @@ Layout of each case folder tests/data/peft_<case>/:
                        <module>.lora_A / .lora_B = the factors as float32,
                        <module>.scaling = PEFT's scaling (a float64 scalar);
                        metadata "modules" = the LoRA modules in order, comma separated
+
+peft_adalora/ (an AdaLoRA adapter trained by PEFT, pruned to its rank pattern) holds the same
+files, io.safetensors with <module>.lora_A / .lora_E / .lora_B / .ranknum instead of the LoRA
+factors, and allocator.safetensors: PEFT's RankAllocator on recorded inputs (see
+write_adalora_allocator).
 
 The output is byte-for-byte reproducible: the script re-runs itself with PYTHONHASHSEED=0
 (PEFT keeps target_modules in a set) and writes at most one metadata key per file (the
@@ -184,6 +190,112 @@ def write_case(case, make_base, config, adapter_dtype=None):
     print(f"{folder}: {len(names)} modules")
 
 
+def adalora_layers(model):
+    """(module name, AdaLoRA layer) in the model's order."""
+    return [(name, module) for name, module in model.base_model.model.named_modules()
+            if isinstance(module, peft.tuners.adalora.AdaLoraLayer)]
+
+
+ADALORA_CONFIG = dict(init_r=6, target_r=3, lora_alpha=8, tinit=2, tfinal=3, deltaT=1,
+                      total_step=12, target_modules=["q_proj", "v_proj", "o_proj"])
+
+
+def write_adalora_case():
+    """An AdaLoRA adapter trained by PEFT itself (AdamW on a regression loss per layer, with
+    update_and_allocate after every step, until the rank pattern is final: each module keeps its
+    own number of ranks), saved with save_pretrained (pruned to the kept ranks, rank_pattern in
+    the config) and reloaded over a fresh base, whose numbers io.safetensors records:
+    <module>.x, .y, .delta, .lora_A, .lora_E, .lora_B (as loaded), .scaling, .ranknum."""
+    folder = os.path.join(HERE, "peft_adalora")
+    adapter_dir = os.path.join(folder, "adapter")
+    os.makedirs(folder, exist_ok=True)
+    base_model = TinyLlama(layers=2)
+    base_state = copy.deepcopy(base_model.state_dict())
+    model = get_peft_model(base_model, peft.AdaLoraConfig(**ADALORA_CONFIG))
+    layers = adalora_layers(model)
+    inputs = {name: torch.randn(16, layer.in_features) for name, layer in layers}
+    targets = {name: torch.randn(16, layer.out_features) for name, layer in layers}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(ADALORA_CONFIG["total_step"]):
+        loss = sum(((layer(inputs[name]) - targets[name]) ** 2).mean() for name, layer in layers)
+        loss.backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+    model.save_pretrained(adapter_dir)
+    readme = os.path.join(adapter_dir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+    fresh = TinyLlama(layers=2)
+    fresh.load_state_dict(base_state)
+    model = PeftModel.from_pretrained(fresh, adapter_dir)
+    model.eval()
+    tensors = {}
+    for name, layer in adalora_layers(model):
+        base = layer.get_base_layer()
+        tensors[name + ".weight"] = base.weight.detach().float().contiguous()
+        if base.bias is not None:
+            tensors[name + ".bias"] = base.bias.detach().float().contiguous()
+    save_file(tensors, os.path.join(folder, "base.safetensors"))
+    io, names, ranks = {}, [], []
+    with torch.no_grad():
+        for name, layer in adalora_layers(model):
+            names.append(name)
+            ranks.append(layer.lora_A["default"].shape[0])
+            x = torch.randn(N_ROWS, layer.in_features)
+            io[name + ".x"] = x
+            io[name + ".y"] = layer(x).contiguous()
+            io[name + ".delta"] = layer.get_delta_weight("default").contiguous()
+            for key in ("lora_A", "lora_E", "lora_B"):
+                io[name + "." + key] = getattr(layer, key)["default"].detach().contiguous()
+            io[name + ".scaling"] = torch.tensor(float(layer.scaling["default"]),
+                                                 dtype=torch.float64)
+            io[name + ".ranknum"] = layer.ranknum["default"].detach().double()
+    save_file(io, os.path.join(folder, "io.safetensors"), metadata={"modules": ",".join(names)})
+    print(f"{folder}: {len(names)} modules, kept ranks {ranks} of {ADALORA_CONFIG['init_r']}")
+    write_adalora_allocator(folder)
+
+
+ALLOCATOR_CONFIG = dict(init_r=4, target_r=2, lora_alpha=8, tinit=1, tfinal=2, deltaT=2,
+                        beta1=0.7, beta2=0.8, total_step=9,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def write_adalora_allocator(folder):
+    """PEFT's RankAllocator on given numbers: at every step, random values and gradients of
+    lora_A, lora_E and lora_B are written into the layers, then update_and_allocate(step). The
+    file records, per step s and module m: s.m.lora_{A,E,B}.value / .grad (the inputs),
+    s.m.lora_E.after (E after PEFT's masking) and, while PEFT keeps them, the EMAs
+    s.m.lora_{A,E,B}.sensitivity / .uncertainty after the update."""
+    model = get_peft_model(TinyLlama(hidden=8, kv=4, layers=1),
+                           peft.AdaLoraConfig(**ALLOCATOR_CONFIG))
+    allocator = model.base_model.rankallocator
+    record = {}
+    for step in range(ALLOCATOR_CONFIG["total_step"]):
+        for name, layer in adalora_layers(model):
+            for key in ("lora_A", "lora_E", "lora_B"):
+                p = getattr(layer, key)["default"]
+                with torch.no_grad():
+                    p.copy_(torch.randn_like(p))
+                p.grad = torch.randn_like(p)
+                record[f"{step}.{name}.{key}.value"] = p.detach().clone()
+                record[f"{step}.{name}.{key}.grad"] = p.grad.clone()
+        model.base_model.update_and_allocate(step)
+        for name, layer in adalora_layers(model):
+            record[f"{step}.{name}.lora_E.after"] = layer.lora_E["default"].detach().clone()
+            for key in ("lora_A", "lora_E", "lora_B"):
+                n = f"model.{name}.{key}.default" if not name.startswith("model.") else \
+                    f"{name}.{key}.default"
+                if n in allocator.exp_avg_ipt:
+                    record[f"{step}.{name}.{key}.sensitivity"] = allocator.exp_avg_ipt[n].clone()
+                    record[f"{step}.{name}.{key}.uncertainty"] = allocator.exp_avg_unc[n].clone()
+    names = [name for name, _ in adalora_layers(model)]
+    save_file(record, os.path.join(folder, "allocator.safetensors"),
+              metadata={"modules": ",".join(names)})
+    print(f"{folder}/allocator.safetensors: {len(record)} tensors")
+
+
 def rounding_sources():
     """float32 values that exercise round-to-nearest-even into float16 and bfloat16."""
     special = [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.0, 65520.0, -65520.0, 1e10, -1e-10,
@@ -334,11 +446,18 @@ def generate():
     torch.manual_seed(1239)
     write_dtypes()
     write_fuzz_corpus()
+    generate_adalora()
     with open(os.path.join(HERE, "golden_versions.json"), "w") as out:
         import safetensors
         json.dump({"torch": torch.__version__, "peft": peft.__version__,
                    "safetensors": safetensors.__version__}, out, indent=2, sort_keys=True)
         out.write("\n")
+
+
+def generate_adalora():
+    """The AdaLoRA case alone (added after the LoRA cases: their files stay as they are)."""
+    torch.manual_seed(1240)
+    write_adalora_case()
 
 
 def build_base(case):
@@ -347,7 +466,8 @@ def build_base(case):
              "lora_conv1d": lambda: TinyGpt2(), "lora_bf16": lambda: TinyLlama(layers=1),
              "lora_f16": lambda: TinyLlama(layers=1), "lora_mixed": lambda: TinyMixed(),
              "lora_select": lambda: TinyLlama(layers=3),
-             "lora_regex": lambda: TinyLlama(layers=3)}[case]()
+             "lora_regex": lambda: TinyLlama(layers=3),
+             "adalora": lambda: TinyLlama(layers=2)}[case]()
     state = load_file(os.path.join(HERE, "peft_" + case, "base.safetensors"))
     missing = model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
@@ -389,5 +509,7 @@ if __name__ == "__main__":
     elif len(sys.argv) > 2 and sys.argv[1] == "only":
         ONLY = set(sys.argv[2:])
         generate()
+    elif len(sys.argv) == 2 and sys.argv[1] == "adalora":
+        generate_adalora()
     else:
         sys.exit(__doc__)

@@ -440,8 +440,8 @@ TEST(PeftFormatRefuses, UnsupportedConfigs) {
     j[key] = std::move(value);
     s.set_config(j);
   };
-  with("peft_type", "ADALORA");
-  s.load({"peft_type \"ADALORA\" is not supported (supported: LORA, ROSA"});
+  with("peft_type", "IA3");
+  s.load({"peft_type \"IA3\" is not supported (supported: LORA, ROSA"});
   with("peft_type", "LORA");
   with("use_dora", true);
   s.load({"adapter_config.json", "use_dora = true is not supported"});

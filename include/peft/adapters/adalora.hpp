@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "../core/random.hpp"
@@ -28,8 +29,13 @@ struct AdaLoraConfig {
   bool fan_in_fan_out = false;  // the frozen weight is given [in, out]
   bool init_weights = true;     // PEFT's init_lora_weights: E = 0; false: E random (tests)
   std::uint64_t seed = 0;       // with LayerOptions::stream_id, keys init and dropout
+  /// PEFT's ranknum, the rank the scaling divides by; 0: init_r. A layer loaded from a pruned
+  /// checkpoint, or compacted (AdaLora::keep_ranks), has fewer ranks than it started with and
+  /// keeps dividing by its initial rank, as PEFT does.
+  index_t ranknum = 0;
 
   double scaling() const { return alpha > 0 ? alpha : double(init_r); }
+  index_t effective_ranknum() const { return ranknum > 0 ? ranknum : init_r; }
 };
 
 namespace detail {
@@ -50,11 +56,14 @@ class AdaLoraFactors {
         diag_e_(config.init_r, config.init_r),
         gram_(config.init_r, config.init_r) {
     validate_low_rank_config("AdaLora", config.init_r, config.alpha, config.dropout);
+    PEFT_CHECK_ARG(config.ranknum == 0 || config.ranknum >= config.init_r, "AdaLora: ranknum is ",
+                   config.ranknum, ", expected 0 (init_r) or the initial rank >= init_r (",
+                   config.init_r, ")");
   }
 
   const AdaLoraConfig& config() const noexcept { return config_; }
   /// PEFT's ranknum: the initial rank, which the scaling divides by.
-  double ranknum() const noexcept { return double(config_.init_r); }
+  double ranknum() const noexcept { return double(config_.effective_ranknum()); }
 
   LowRankShape shape(index_t in, index_t out, const LayerOptions& options) const {
     return {in,
@@ -137,6 +146,61 @@ class AdaLora : public detail::LowRankLayer<AdaLora<T, B>, detail::AdaLoraFactor
 
   /// PEFT's ranknum: the initial rank, which the scaling divides by (fixed).
   double ranknum() const noexcept { return this->method_.ranknum(); }
+
+  /// Shrinks the layer to the ranks `kept` (increasing indices below rank()): lora_A's and
+  /// lora_E's rows and lora_B's columns, values and gradients, with the same scaling and
+  /// ranknum, so that outputs and gradients of the kept ranks do not change while a step costs
+  /// what a LoRA of kept.size() ranks costs. Pending gradients are pulled back first. The
+  /// parameters live in new buffers afterwards: views of the old ones (an optimizer's) are
+  /// stale; AdamW::reshape follows the change (RankAllocator::compact does both).
+  void keep_ranks(Context<B>& ctx, const std::vector<index_t>& kept) {
+    const index_t r = this->rank();
+    PEFT_CHECK_ARG(!kept.empty(), "AdaLora::keep_ranks: no rank kept (a layer needs one)");
+    for (std::size_t i = 0; i < kept.size(); ++i)
+      PEFT_CHECK_ARG(kept[i] >= 0 && kept[i] < r && (i == 0 || kept[i] > kept[i - 1]),
+                     "AdaLora::keep_ranks: kept ranks must be increasing indices below the rank ",
+                     r, ", got ", kept[i], " at position ", i);
+    this->check_unmerged(detail::CallSite{"AdaLora", "keep_ranks"});
+    if (index_t(kept.size()) == r) return;
+    this->method_.pull_back(ctx, this->path_);
+    AdaLoraConfig c = this->method_.config();
+    c.alpha = this->method_.config().scaling();  // the scaling stays, also for alpha <= 0
+    c.ranknum = this->method_.config().effective_ranknum();
+    c.init_r = index_t(kept.size());
+    detail::AdaLoraFactors<T, B> method(c, this->in_features(), this->out_features());
+    auto path = this->path_.reshaped(
+        ctx, method.shape(this->in_features(), this->out_features(), this->options_));
+    auto from = this->method_.parameters(this->path_);
+    auto to = method.parameters(path);
+    for (std::size_t k = 0; k < from.size(); ++k) {
+      gather_ranks(ctx, from[k].name, as_const(from[k].value), to[k].value, kept);
+      gather_ranks(ctx, from[k].name, as_const(from[k].grad), to[k].grad, kept);
+    }
+    method.generate(ctx, path);
+    this->method_ = std::move(method);
+    this->path_ = std::move(path);
+  }
+
+  /// dst = the ranks `kept` of src, a tensor shaped like the parameter `name` (lora_A and
+  /// lora_E: rows; lora_B: columns). For the optimizer's moments of a layer being shrunk.
+  template <class P>
+  static void gather_ranks(Context<B>& ctx, std::string_view name, MatrixView<const P, B> src,
+                           MatrixView<P, B> dst, const std::vector<index_t>& kept) {
+    const bool columns = name == "lora_B";
+    PEFT_CHECK_SHAPE((columns ? dst.cols() : dst.rows()) == index_t(kept.size()) &&
+                         (columns ? dst.rows() == src.rows() : dst.cols() == src.cols()),
+                     "AdaLora::gather_ranks: ", name, " is ", shape_string(src),
+                     ", the destination ", shape_string(dst), " for ", kept.size(), " kept ranks");
+    for (std::size_t i = 0; i < kept.size(); ++i) {
+      const auto k = index_t(i);
+      if (columns)
+        copy(ctx, MatrixView<const P, B>(src.data() + kept[i], src.rows(), 1, src.stride()),
+             MatrixView<P, B>(dst.data() + k, dst.rows(), 1, dst.stride()));
+      else
+        copy(ctx, MatrixView<const P, B>(src.data() + kept[i] * src.stride(), 1, src.cols()),
+             MatrixView<P, B>(dst.data() + k * dst.stride(), 1, dst.cols()));
+    }
+  }
 };
 
 }  // namespace peft

@@ -51,6 +51,16 @@ class LowRankPath {
         grad_a_(shape.r, shape.in),
         grad_b_(shape.out, shape.r) {}
 
+  /// A path of another shape (factors and gradients zero) that continues this one's dropout
+  /// stream and mode: for a layer that changes its rank (AdaLora::keep_ranks).
+  LowRankPath reshaped(Ctx& ctx, const LowRankShape& shape) const {
+    LowRankPath p(shape);
+    for (auto* m : {&p.a_, &p.b_, &p.grad_a_, &p.grad_b_}) fill(ctx, m->view(), 0.0);
+    p.dropout_calls_ = dropout_calls_;
+    p.training_ = training_;
+    return p;
+  }
+
   const LowRankShape& shape() const noexcept { return shape_; }
   index_t rank() const noexcept { return shape_.r; }
   double scaling() const noexcept { return shape_.scaling; }

@@ -9,6 +9,7 @@
 // layer destroyed (or overwritten by a move assignment) while registered frees those buffers:
 // step() then throws a peft::Error before it writes anything.
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -128,6 +129,44 @@ class AdamW {
     }
     g.steps = 0;
   }
+  /// Follows a layer whose parameters change shape (AdaLora::keep_ranks): change(ctx) changes
+  /// the layer; then every moment the optimizer holds for one of the layer's parameters is
+  /// rebuilt by carry(ctx, name, old_moment, new_moment), which writes the new moment (of the
+  /// parameter's new shape) from the old one. Step counts (bias correction) stay.
+  template <class Layer, class Change, class Carry>
+  void reshape(Ctx& ctx, Layer& layer, Change&& change, Carry&& carry) {
+    struct Moved {
+      Slot* slot;
+      std::string name;
+      Matrix<P, B> m, v;
+    };
+    std::vector<Moved> moved;
+    for (const auto& p : layer.parameters())
+      for (auto& g : groups_)
+        for (auto& s : g.slots)
+          if (s.param.value.data() == p.value.data())
+            moved.push_back({&s, p.name, std::move(s.m), std::move(s.v)});
+    change(ctx);
+    auto params = layer.parameters();
+    for (auto& mv : moved) {
+      const auto p = std::find_if(params.begin(), params.end(),
+                                  [&](const auto& q) { return q.name == mv.name; });
+      PEFT_CHECK(p != params.end(), ErrorKind::state, "AdamW::reshape: the layer no longer has ",
+                 "the parameter '", mv.name, "'");
+      Slot& s = *mv.slot;
+      s.param = *p;
+      s.m = Matrix<P, B>(p->value.rows(), p->value.cols());
+      s.v = Matrix<P, B>(p->value.rows(), p->value.cols());
+      carry(ctx, mv.name, as_const(mv.m.view()), s.m.view());
+      carry(ctx, mv.name, as_const(mv.v.view()), s.v.view());
+    }
+    for (auto& g : groups_) {
+      g.tensors.clear();
+      for (auto& s : g.slots)
+        g.tensors.push_back({s.param.value, as_const(s.param.grad), s.m.view(), s.v.view()});
+    }
+  }
+
   std::size_t num_groups() const noexcept { return groups_.size(); }
   double lr(std::size_t group) const { return at(group).lr; }
   /// For learning-rate schedules.

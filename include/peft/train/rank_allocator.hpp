@@ -11,7 +11,9 @@
 // tie at its threshold, and its kthvalue fails for k = 0), ties going to the earlier layer and
 // the smaller rank index, identically on the CPU and the GPU; the statistics stay where the
 // layers live (scores, threshold and mask included); and state() exposes everything a resumed
-// run needs to make the masks an uninterrupted run makes.
+// run needs to make the masks an uninterrupted run makes (io/adalora_allocator_state.hpp saves
+// it). Once the pattern is final, compact(ctx, optimizer) shrinks the layers to their kept
+// ranks, so that a step costs what a LoRA of those ranks costs.
 
 #include <algorithm>
 #include <cmath>
@@ -115,7 +117,9 @@ class RankAllocator {
     PEFT_CHECK(!entries_.empty(), ErrorKind::state,
                "RankAllocator::update_and_allocate: no layer was added");
     ensure_buffers(ctx);
+    last_step_ = step;
     const std::int64_t freeze_at = options_.total_step - options_.tfinal;
+    if (compacted_) return budget_schedule(step).budget;  // the layers hold the kept ranks only
     if (step < freeze_at) {
       update_importance(ctx);
       const Budget b = budget_schedule(step);
@@ -138,10 +142,40 @@ class RankAllocator {
 
   /// Whether the rank pattern is final (step total_step − tfinal has passed).
   bool pattern_final() const noexcept { return frozen_; }
+  /// The step of the last update_and_allocate (-1 before the first): a resumed run continues
+  /// at last_step() + 1.
+  std::int64_t last_step() const noexcept { return last_step_; }
+  void set_last_step(std::int64_t step) noexcept { last_step_ = step; }
+  /// Whether compact() has shrunk the layers.
+  bool compacted() const noexcept { return compacted_; }
+
+  /// Once the pattern is final: shrinks every layer to its kept ranks (AdaLora::keep_ranks), so
+  /// that a step costs what a LoRA of those ranks costs (PEFT keeps computing with init_r ranks
+  /// and only zeroes E). Outputs and gradients of the kept ranks do not change. The
+  /// orthogonal regulariser then covers the kept ranks only (PEFT's covers the pruned rows of
+  /// A and columns of B too). rank_pattern() keeps answering with the pattern over the initial
+  /// ranks. Every layer must keep at least one rank.
+  void compact(Ctx& ctx) {
+    compact_impl(ctx, [](Layer& layer, Ctx& c, const std::vector<index_t>& kept) {
+      layer.keep_ranks(c, kept);
+    });
+  }
+  /// The same, and the optimizer's moments of the layers' parameters with them (AdamW::reshape).
+  template <class Optimizer>
+  void compact(Ctx& ctx, Optimizer& optimizer) {
+    compact_impl(ctx, [&](Layer& layer, Ctx& c, const std::vector<index_t>& kept) {
+      optimizer.reshape(
+          c, layer, [&](Ctx& cc) { layer.keep_ranks(cc, kept); },
+          [&](Ctx& cc, const std::string& name, MatrixView<const P, B> from, MatrixView<P, B> to) {
+            Layer::gather_ranks(cc, name, from, to, kept);
+          });
+    });
+  }
 
   /// The kept ranks of each layer, in the order of add (PEFT's rank_pattern); all kept before
   /// the first mask.
   std::vector<std::pair<std::string, std::vector<bool>>> rank_pattern(Ctx& ctx) const {
+    if (compacted_) return compacted_pattern_;
     std::vector<std::pair<std::string, std::vector<bool>>> out;
     Matrix<P, Cpu> host(1, std::max<index_t>(init_budget_, 1));
     if (mask_.size() > 0) download(ctx, as_const(mask_.view()), host.view());
@@ -171,6 +205,13 @@ class RankAllocator {
   }
   void set_pattern_final(bool final) noexcept { frozen_ = final; }
 
+  /// The registered layers' names and ranks, in the order of add.
+  std::vector<std::pair<std::string, index_t>> layers() const {
+    std::vector<std::pair<std::string, index_t>> out;
+    for (const auto& e : entries_) out.emplace_back(e.name, e.r);
+    return out;
+  }
+
  private:
   struct Stats {
     Matrix<P, B> sensitivity, uncertainty, score;
@@ -182,6 +223,44 @@ class RankAllocator {
     Stats stats[3];     // lora_A, lora_E, lora_B
     Matrix<P, B> ones;  // [max(in, out), 1] for the means
   };
+
+  template <class Shrink>
+  void compact_impl(Ctx& ctx, Shrink&& shrink) {
+    PEFT_CHECK(frozen_, ErrorKind::state, "RankAllocator::compact: the rank pattern is not final ",
+               "yet (it is at step total_step - tfinal = ", options_.total_step - options_.tfinal,
+               ")");
+    if (compacted_) return;
+    auto pattern = rank_pattern(ctx);
+    std::vector<std::vector<index_t>> kept(entries_.size());
+    for (std::size_t l = 0; l < entries_.size(); ++l) {
+      entries_[l].layer.get("RankAllocator::compact");
+      for (std::size_t i = 0; i < pattern[l].second.size(); ++i)
+        if (pattern[l].second[i]) kept[l].push_back(index_t(i));
+      PEFT_CHECK(!kept[l].empty(), ErrorKind::state, "RankAllocator::compact: layer '",
+                 entries_[l].name, "' keeps no rank; compact needs at least one per layer");
+    }
+    index_t total = 0;
+    for (std::size_t l = 0; l < entries_.size(); ++l) {
+      Entry& e = entries_[l];
+      Layer& layer = e.layer.get("RankAllocator::compact");
+      shrink(layer, ctx, kept[l]);
+      e.r = layer.rank();
+      e.offset = total;
+      total += e.r;
+      auto params = layer.parameters();
+      for (int k = 0; k < 3; ++k) {
+        const auto& v = params[static_cast<std::size_t>(k)].value;
+        for (auto* m : {&e.stats[k].sensitivity, &e.stats[k].uncertainty, &e.stats[k].score}) {
+          *m = Matrix<P, B>(v.rows(), v.cols());
+          fill(ctx, m->view(), 0.0);
+        }
+      }
+    }
+    mask_ = Matrix<P, B>(1, total);
+    fill(ctx, mask_.view(), 1.0);
+    compacted_pattern_ = std::move(pattern);
+    compacted_ = true;
+  }
 
   void ensure_buffers(Ctx& ctx) {
     if (mask_.size() > 0) return;
@@ -248,6 +327,9 @@ class RankAllocator {
   Matrix<P, B> triplets_, mask_, ones_;  // [1, init_budget]
   Vector<std::int32_t, B> row_offsets_, kept_;
   bool frozen_ = false;
+  bool compacted_ = false;
+  std::vector<std::pair<std::string, std::vector<bool>>> compacted_pattern_;
+  std::int64_t last_step_ = -1;
 };
 
 }  // namespace peft
