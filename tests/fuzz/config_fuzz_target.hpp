@@ -13,7 +13,8 @@
 #include <string>
 #include <string_view>
 
-#include <peft/io/peft_format.hpp>
+#include <peft/io/checkpoint.hpp>
+#include <peft/model/adapter_types.hpp>
 
 namespace peft::fuzz {
 
