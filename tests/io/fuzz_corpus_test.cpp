@@ -1,9 +1,11 @@
-// Replays the fuzzer's seed corpus (tests/fuzz/corpus) through the fuzz target, so every build
-// (and the sanitizer build, scripts/sanitize) runs it; the fuzzer itself needs clang
+// Replays the fuzzers' seed corpora (tests/fuzz/corpus for safetensors files,
+// tests/fuzz/config_corpus for adapter_config.json) through the fuzz targets, so every build
+// (and the sanitizer build, scripts/sanitize) runs them; the fuzzers themselves need clang
 // (scripts/fuzz).
 
 #include <gtest/gtest.h>
 
+#include "fuzz/config_fuzz_target.hpp"
 #include "fuzz/safetensors_fuzz_target.hpp"
 #include "io/io_test_util.hpp"
 
@@ -22,11 +24,31 @@ TEST(FuzzCorpus, EverySeedRunsCleanly) {
       SafetensorsReader::from_memory(bytes);
       ++accepted;
     } catch (const Error&) {
+      EXPECT_NE(entry.path().filename().string().rfind("valid_", 0), 0u)
+          << entry.path() << " is refused";
     }
     ++files;
   }
   EXPECT_GE(files, 8);
   EXPECT_GE(accepted, 4);  // the corpus has valid files to mutate, not only broken ones
+}
+
+TEST(FuzzCorpus, EveryConfigSeedRunsCleanly) {
+  const fs::path corpus(PEFT_FUZZ_CONFIG_CORPUS_DIR);
+  int files = 0, accepted = 0;
+  for (const auto& entry : fs::directory_iterator(corpus)) {
+    if (!entry.is_regular_file()) continue;
+    const auto bytes = read_file(entry.path());
+    const bool ok =
+        fuzz::run_config(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+    // Seeds are named for what they are: valid_* configs load, bad_* are refused.
+    const std::string name = entry.path().filename().string();
+    EXPECT_EQ(ok, name.rfind("valid_", 0) == 0) << entry.path();
+    accepted += ok;
+    ++files;
+  }
+  EXPECT_GE(files, 8);
+  EXPECT_GE(accepted, 4);  // every adapter type's config, to mutate
 }
 
 }  // namespace

@@ -791,6 +791,13 @@ TEST(RosaFormat, RefusesMalformedSparseParts) {
     ref.tensors[offs] = i32(o);
     expect_refused(ref, {kQ0, "row_offsets decrease at row"});
   }
+  {  // an offset far beyond nnz that falls back: refused before col_idx is indexed with it
+    RefCheckpoint ref;
+    auto o = ints_of(ref, offs);
+    o[1] = 100000;
+    ref.tensors[offs] = i32(o);
+    expect_refused(ref, {kQ0, "row_offsets decrease at row 1", "(100000 > "});
+  }
   {  // a mask-less layer whose offsets are not all zero
     RefCheckpoint ref;
     auto o = ints_of(ref, key(kQ1, "rosa_spa.row_offs"));

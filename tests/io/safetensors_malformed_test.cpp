@@ -64,7 +64,7 @@ TEST(SafetensorsMalformed, NotJson) {
   expect_refused(craft("{} trailing"), {"not valid JSON"});
   expect_refused(craft("{\"\xff\": 1}"), {"not valid JSON"});  // invalid UTF-8
   expect_refused(craft("{/* comment */}"), {"not valid JSON"});
-  expect_refused(craft(std::string("{\"a\0\": 1}", 9)), {"not valid JSON"});
+  expect_refused(craft(std::string("{\"a\0\": 1}", 9)), {"NUL byte at offset 3"});
   std::string deep = "{\"t\":";
   for (int i = 0; i < 200; ++i) deep += "[";
   for (int i = 0; i < 200; ++i) deep += "]";
@@ -166,12 +166,72 @@ TEST(SafetensorsMalformed, Offsets) {
                        "\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}",
                        pattern_bytes(2)),
                  {"overlap"});
-  // Empty tensors share offsets with anything; gaps and trailing bytes are tolerated.
-  EXPECT_NO_THROW(SafetensorsReader::from_memory(
-      craft("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},"
-            "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[1,1]},"
-            "\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[3,4]}}",
-            pattern_bytes(6))));
+}
+
+/// Tensors "a" (U8 [2]) at `a`, "e" (F32 [0]) at `e` and "b" (U8 [1]) at `b`, over `data` bytes.
+std::vector<std::byte> three_tensors(const std::string& a, const std::string& e,
+                                     const std::string& b, std::size_t data) {
+  return craft("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":" + a +
+                   "},\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":" + e +
+                   "},\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":" + b + "}}",
+               pattern_bytes(data));
+}
+
+TEST(SafetensorsMalformed, TensorsMustCoverTheDataExactly) {
+  // As the reference parser: sorted by offsets, the tensors follow each other from byte 0 to
+  // the end of the data section; an empty tensor sits where the previous one ends.
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(three_tensors("[0,2]", "[2,2]", "[2,3]", 3)));
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(three_tensors("[1,3]", "[0,0]", "[0,1]", 3)));
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(three_tensors("[0,2]", "[3,3]", "[2,3]", 3)));
+  expect_refused(three_tensors("[0,2]", "[2,2]", "[3,4]", 4),
+                 {"tensor 'b'", "[3, 4] leave a gap: bytes [2, 3)", "cover the data exactly"});
+  expect_refused(three_tensors("[1,3]", "[3,3]", "[3,4]", 4), {"tensor 'a'", "bytes [0, 1)"});
+  expect_refused(three_tensors("[0,2]", "[1,1]", "[2,3]", 3),
+                 {"tensor 'e'", "[1, 1] overlap tensor 'a' at [0, 2]"});
+  expect_refused(three_tensors("[0,2]", "[4,4]", "[2,3]", 4), {"tensor 'e'", "leave a gap"});
+  expect_refused(three_tensors("[0,2]", "[2,2]", "[2,3]", 5),
+                 {"the tensors cover 3 bytes of the 5-byte data section", "the last 2 bytes"});
+  expect_refused(craft("{}", pattern_bytes(1)), {"cover 0 bytes of the 1-byte data section"});
+  expect_refused(craft("{\"__metadata__\":{\"a\":\"b\"}}", pattern_bytes(8)), {"cover 0 bytes"});
+}
+
+TEST(SafetensorsMalformed, HeaderLengthCutByPaddingIsRefused) {
+  // A header length a few bytes short loses only padding spaces: the JSON still parses, but
+  // the data section would start early and every tensor be read shifted.
+  SafetensorsWriter w;
+  w.add("a", random_matrix<float>(3, 4, 1).view());
+  w.add("b", random_matrix<double>(2, 2, 2).view(), SafetensorsDtype::BF16);
+  std::size_t padding = 0;
+  for (int extra = 0; padding < 4; ++extra) {
+    w.set_metadata("format", std::string(std::size_t(extra), 'x'));
+    const std::string header = w.header();
+    padding = header.size() - header.find_last_not_of(' ') - 1;
+  }
+  const auto full = w.serialize();
+  const std::uint64_t length = detail::load_little_endian<std::uint64_t>(full.data());
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(full));
+  for (std::uint64_t cut = 1; cut <= padding; ++cut) {
+    SCOPED_TRACE(cut);
+    auto bytes = full;
+    detail::store_little_endian<std::uint64_t>(bytes.data(), length - cut);
+    expect_refused(bytes, {"belong to no tensor", "cut header length"});
+  }
+}
+
+TEST(SafetensorsMalformed, NulBytesInTheHeaderAreRefused) {
+  // nlohmann's parser stops at a NUL byte and would ignore whatever follows it.
+  const std::string json = "{\"t\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}";
+  using namespace std::string_literals;  // "\0..."s keeps the NUL bytes
+  for (const std::string& tail : {"\0\0\0"s, "\0garbage"s, "  \0  "s, "\0{\"u\":1}"s}) {
+    SCOPED_TRACE(tail.size());
+    expect_refused(craft(json + tail, pattern_bytes(2)),
+                   {"the header: it holds a NUL byte at offset"});
+  }
+  expect_refused(craft(json + std::string(3, '\0'), pattern_bytes(2)),
+                 {"NUL byte at offset " + std::to_string(json.size())});
+  // Spaces (the format's padding) and other JSON whitespace, as the reference parser, are fine.
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(craft(json + "     ", pattern_bytes(2))));
+  EXPECT_NO_THROW(SafetensorsReader::from_memory(craft(json + " \n\t\r", pattern_bytes(2))));
 }
 
 TEST(SafetensorsMalformed, Metadata) {
@@ -198,7 +258,7 @@ TEST(SafetensorsMalformed, FilesThatAreNotThere) {
     expect_error([&] { SafetensorsReader::open(dir / "missing.safetensors", {.access = access}); },
                  ErrorKind::io, {"missing.safetensors"});
     expect_error([&] { SafetensorsReader::open(dir.path(), {.access = access}); }, ErrorKind::io,
-                 {dir.path().string(), "not a regular file"});
+                 {dir.path().string(), "is a directory, not a file"});
   }
 }
 

@@ -65,6 +65,22 @@ TEST(CsrPattern, ValidationNamesTheProblem) {
   expect_error([&] { bad.validate(); }, ErrorKind::invalid_argument, {"column index -1"});
 }
 
+TEST(CsrPattern, OffsetsAreCheckedBeforeAnyIndexIsRead) {
+  // Row 0 claims entries [0, 2) and row 1 goes back to 1: the offsets are refused before the
+  // unsorted indices of row 0 are looked at.
+  CsrPattern bad{3, 8, {0, 2, 1, 2}, {5, 3}};
+  expect_error([&] { bad.validate(); }, ErrorKind::invalid_argument,
+               {"row_offsets decrease at row 1", "(2 > 1)"});
+  // Row 0 claims a million entries of two: reading them would run far past the end of
+  // col_indices (a heap overflow under ASan, garbage otherwise).
+  bad = CsrPattern{2, 8, {0, 1000000, 2}, {0, 1}};
+  expect_error([&] { bad.validate(); }, ErrorKind::invalid_argument,
+               {"row_offsets decrease at row 1", "(1000000 > 2)"});
+  bad = CsrPattern{3, 8, {0, -5, 1, 2}, {0, 1}};
+  expect_error([&] { bad.validate(); }, ErrorKind::invalid_argument,
+               {"row_offsets decrease at row 0", "(0 > -5)"});
+}
+
 TEST(CsrMatrix, TransposeKeepsValuesInStep) {
   HostCtx ctx;
   const auto pattern = random_pattern(13, 9, 0.3, 1);

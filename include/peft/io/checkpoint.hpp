@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <system_error>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -40,22 +42,27 @@ struct AdapterConfigFile {
   std::string peft_type;
 };
 
+/// Parses the text of an adapter_config.json; `source` names it in messages.
+inline AdapterConfigFile parse_adapter_config(std::string text, const std::string& source) {
+  AdapterConfigFile config;
+  config.text = std::move(text);
+  std::string error;
+  PEFT_CHECK(detail::parse_json_ordered(config.text, 64, config.json, error), ErrorKind::io, source,
+             ": ", error);
+  PEFT_CHECK(config.json.is_object(), ErrorKind::io, source, ": expected a JSON object, got ",
+             config.json.type_name());
+  const auto type = config.json.find("peft_type");
+  PEFT_CHECK(type != config.json.end() && type->is_string(), ErrorKind::io, source,
+             ": no peft_type string");
+  config.peft_type = type->get<std::string>();
+  return config;
+}
+
 /// Reads and parses `<dir>/adapter_config.json`.
 inline AdapterConfigFile read_adapter_config(const std::filesystem::path& dir,
                                              std::uint64_t max_bytes = std::uint64_t{16} << 20) {
   const std::filesystem::path path = dir / kAdapterConfigName;
-  AdapterConfigFile config;
-  config.text = detail::read_file_text(path, max_bytes);
-  std::string error;
-  PEFT_CHECK(detail::parse_json_ordered(config.text, 64, config.json, error), ErrorKind::io,
-             detail::quoted(path), ": ", error);
-  PEFT_CHECK(config.json.is_object(), ErrorKind::io, detail::quoted(path),
-             ": expected a JSON object, got ", config.json.type_name());
-  const auto type = config.json.find("peft_type");
-  PEFT_CHECK(type != config.json.end() && type->is_string(), ErrorKind::io, detail::quoted(path),
-             ": no peft_type string");
-  config.peft_type = type->get<std::string>();
-  return config;
+  return parse_adapter_config(detail::read_file_text(path, max_bytes), detail::quoted(path));
 }
 
 namespace detail {

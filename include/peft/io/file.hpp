@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "input_file.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
@@ -45,31 +46,14 @@ class MappedFile {
   MappedFile() = default;
   explicit MappedFile(const std::filesystem::path& path) {
 #if PEFT_IO_POSIX
-    int fd;
-    do {
-      fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    } while (fd < 0 && errno == EINTR);
-    PEFT_CHECK(fd >= 0, ErrorKind::io, quoted(path), ": cannot open: ", errno_message(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int error = errno;
-      ::close(fd);
-      throw Error(ErrorKind::io, concat(quoted(path), ": cannot stat: ", errno_message(error)));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Error(ErrorKind::io, concat(quoted(path), ": not a regular file"));
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
+    const InputFile file(path);  // refuses FIFOs, devices and directories without blocking
+    size_ = static_cast<std::size_t>(file.size());
     if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file.fd(), 0);
       const int error = errno;
-      ::close(fd);
       PEFT_CHECK(p != MAP_FAILED, ErrorKind::io, quoted(path), ": cannot map ", size_,
                  " bytes: ", errno_message(error));
       data_ = static_cast<const std::byte*>(p);
-    } else {
-      ::close(fd);
     }
 #else
     throw Error(ErrorKind::io, concat(quoted(path), ": memory maps need a POSIX system"));
@@ -108,20 +92,16 @@ class MappedFile {
   std::size_t size_ = 0;
 };
 
-/// The whole file as a string; refuses files larger than max_bytes.
+/// The whole file as a string; refuses files larger than max_bytes and anything but a regular
+/// file (see InputFile).
 inline std::string read_file_text(const std::filesystem::path& path, std::uint64_t max_bytes) {
-  std::ifstream in(path, std::ios::binary);
-  PEFT_CHECK(in.is_open(), ErrorKind::io, quoted(path), ": cannot open for reading");
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  PEFT_CHECK(size >= 0, ErrorKind::io, quoted(path), ": cannot determine the size");
-  PEFT_CHECK(static_cast<std::uint64_t>(size) <= max_bytes, ErrorKind::io, quoted(path), ": ", size,
+  const InputFile file(path);
+  PEFT_CHECK(file.size() <= max_bytes, ErrorKind::io, quoted(path), ": ", file.size(),
              " bytes, more than the limit of ", max_bytes);
-  in.seekg(0, std::ios::beg);
-  std::string text(static_cast<std::size_t>(size), '\0');
-  in.read(text.data(), size);
-  PEFT_CHECK(in.gcount() == size, ErrorKind::io, quoted(path), ": read ", in.gcount(), " of ", size,
-             " bytes");
+  std::string text(static_cast<std::size_t>(file.size()), '\0');
+  const std::size_t n = file.read_at(0, text.size(), reinterpret_cast<std::byte*>(text.data()));
+  PEFT_CHECK(n == text.size(), ErrorKind::io, quoted(path), ": read ", n, " of ", text.size(),
+             " bytes (the file shrank while read?)");
   return text;
 }
 

@@ -107,10 +107,16 @@ class OrderedJsonBuilder {
   std::string error_;
 };
 
-/// Parses `text`. Returns false and sets `error` on invalid JSON, a duplicate key or nesting
-/// deeper than max_depth.
+/// Parses `text`. Returns false and sets `error` on invalid JSON, a NUL byte, a duplicate key
+/// or nesting deeper than max_depth.
 inline bool parse_json_ordered(std::string_view text, int max_depth, nlohmann::ordered_json& out,
                                std::string& error) {
+  // nlohmann's lexer takes a NUL byte outside a string for the end of the input and ignores
+  // whatever follows; JSON allows none anywhere (inside strings it must be escaped).
+  if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
+    error = "it holds a NUL byte at offset " + std::to_string(nul) + ", which JSON does not allow";
+    return false;
+  }
   OrderedJsonBuilder builder(max_depth);
   const bool ok = nlohmann::ordered_json::sax_parse(text.begin(), text.end(), &builder);
   if (!ok) {

@@ -124,7 +124,10 @@ struct NolaAdapterConfig {
 
     const auto& m = *in.given("modules");
     if (!m.is_object()) in.fail("modules must be an object, got ", m.dump());
-    for (const auto& [module, record] : m.items()) {
+    for (const auto& item : m.items()) {
+      // Named references, not a structured binding: clang before 16 cannot capture one.
+      const std::string& module = item.key();
+      const auto& record = item.value();
       const auto field = [&](const char* key, std::int64_t max) -> std::int64_t {
         const auto* v = record.is_object() && record.contains(key) ? &record[key] : nullptr;
         if (v == nullptr || !v->is_number_integer() || v->get<std::int64_t>() < 0 ||

@@ -7,12 +7,14 @@
 //
 // data_offsets are relative to the data section (which starts at 8 + N). The reader treats
 // every file as hostile: the header size is capped, the JSON is parsed with a depth limit and
-// duplicate keys are refused, and every tensor's dtype, shape and offsets are checked (byte
-// size = product of the shape x element size = end - begin, inside the data, no overlap)
-// before any tensor is read (gaps between tensors and trailing bytes are tolerated, as they
-// harm nobody). Parsing takes linear time (see json.hpp). A tensor's bytes are read
-// only when asked for, and always copied out with memcpy, so mapped data is never accessed at an
-// unaligned address.
+// duplicate keys and NUL bytes are refused, and every tensor's dtype, shape and offsets are
+// checked before any tensor is read: byte size = product of the shape x element size =
+// end - begin, and the tensors, sorted by offsets, cover the data section exactly (no overlap,
+// no gap, no trailing bytes), as the reference parser requires. The exact cover is what
+// catches a header length cut by a few bytes (only padding lost, the JSON still parses): every
+// tensor would otherwise be read a few bytes off. Parsing takes linear time (see json.hpp). A
+// tensor's bytes are read only when asked for, and always copied out with memcpy, so mapped
+// data is never accessed at an unaligned address.
 //
 // The writer lays tensors out contiguously (largest element size first, so every tensor is
 // aligned to its element size; gaps are not allowed by the reference implementation) and pads
@@ -25,11 +27,9 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
@@ -373,8 +373,8 @@ bool decode_elements(SafetensorsDtype d, const std::byte* src, std::size_t count
 }  // namespace detail
 
 /// Reads a safetensors file: the header at once (validated), each tensor when asked for.
-/// Move-only. Reads through a stream are serialised by a mutex; reads from a map or from
-/// memory may run concurrently.
+/// Move-only. Reads of any kind (positioned reads of the file, a map, memory) may run
+/// concurrently.
 class SafetensorsReader {
  public:
   /// Opens and validates `path`. Reads the 8-byte length and the header only.
@@ -388,20 +388,9 @@ class SafetensorsReader {
       reader.parse_from_memory(options);
       return reader;
     }
-    std::error_code error;
-    PEFT_CHECK(std::filesystem::is_regular_file(path, error), ErrorKind::io,
-               "safetensors: ", detail::quoted(path),
-               ": not a regular file (or it does not exist)");
-    auto stream = std::make_unique<std::ifstream>(path, std::ios::binary);
-    PEFT_CHECK(stream->is_open(), ErrorKind::io, "safetensors: ", detail::quoted(path),
-               ": cannot open for reading");
-    stream->seekg(0, std::ios::end);
-    const std::streamoff size = stream->tellg();
-    PEFT_CHECK(size >= 0, ErrorKind::io, "safetensors: ", detail::quoted(path),
-               ": cannot determine the file size");
-    reader.file_size_ = static_cast<std::uint64_t>(size);
-    reader.stream_ = std::move(stream);
-    reader.stream_mutex_ = std::make_unique<std::mutex>();
+    // Refuses a FIFO, device or directory by name, without blocking on it.
+    reader.file_ = std::make_unique<detail::InputFile>(path);
+    reader.file_size_ = reader.file_->size();
     std::byte prefix[8];
     reader.check_length_prefix(options);
     reader.read_stream(0, 8, prefix);
@@ -548,11 +537,7 @@ class SafetensorsReader {
   }
 
   void read_stream(std::uint64_t offset, std::uint64_t size, std::byte* out) const {
-    std::lock_guard<std::mutex> lock(*stream_mutex_);
-    stream_->clear();
-    stream_->seekg(static_cast<std::streamoff>(offset));
-    stream_->read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(size));
-    if (!*stream_ || static_cast<std::uint64_t>(stream_->gcount()) != size)
+    if (file_->read_at(offset, static_cast<std::size_t>(size), out) != size)
       fail(detail::concat("could not read ", size, " bytes at offset ", offset,
                           " (the file changed or is truncated?)"));
   }
@@ -564,7 +549,7 @@ class SafetensorsReader {
     const std::uint64_t start = data_start_ + t.begin;
     const std::uint64_t size = t.nbytes();
     if (size == 0) return;
-    if (stream_ == nullptr) {
+    if (file_ == nullptr) {
       f(memory_.data() + start, static_cast<std::size_t>(size), std::uint64_t{0});
       return;
     }
@@ -626,24 +611,40 @@ class SafetensorsReader {
       tensors_.push_back(parse_entry(name, entry));
     }
 
-    // Offsets: no two non-empty tensors may share a byte.
+    check_exact_cover();
+    for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+  }
+
+  /// The tensors, sorted by (begin, end), must follow each other without overlap or gap from
+  /// byte 0 to the end of the data section (an empty tensor sits where the previous one ends).
+  void check_exact_cover() const {
     std::vector<std::size_t> order(tensors_.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
       return tensors_[a].begin != tensors_[b].begin ? tensors_[a].begin < tensors_[b].begin
                                                     : tensors_[a].end < tensors_[b].end;
     });
+    std::uint64_t covered = 0;  // the data section's bytes [0, covered) belong to tensors
     const SafetensorsTensorInfo* previous = nullptr;
     for (std::size_t i : order) {
       const SafetensorsTensorInfo& t = tensors_[i];
-      if (t.nbytes() == 0) continue;
-      if (previous != nullptr && t.begin < previous->end)
+      if (t.begin < covered)
         fail_tensor(t.name, detail::concat("data_offsets [", t.begin, ", ", t.end,
                                            "] overlap tensor '", previous->name, "' at [",
                                            previous->begin, ", ", previous->end, "]"));
+      if (t.begin > covered)
+        fail_tensor(t.name, detail::concat("data_offsets [", t.begin, ", ", t.end,
+                                           "] leave a gap: bytes [", covered, ", ", t.begin,
+                                           ") of the data section belong to no tensor (the format "
+                                           "requires the tensors to cover the data exactly)"));
+      covered = t.end;
       previous = &t;
     }
-    for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+    if (covered != data_size_)
+      fail(detail::concat("the tensors cover ", covered, " bytes of the ", data_size_,
+                          "-byte data section: the last ", data_size_ - covered,
+                          " bytes belong to no tensor (the format requires the tensors to cover "
+                          "the data exactly; a cut header length or appended bytes?)"));
   }
 
   SafetensorsTensorInfo parse_entry(const std::string& name,
@@ -718,8 +719,7 @@ class SafetensorsReader {
   std::uint64_t data_size_ = 0;
   std::span<const std::byte> memory_;            // from_memory / mmap: the whole file
   std::unique_ptr<detail::MappedFile> mapping_;  // mmap
-  std::unique_ptr<std::ifstream> stream_;        // stream
-  std::unique_ptr<std::mutex> stream_mutex_;
+  std::unique_ptr<detail::InputFile> file_;      // stream
 };
 
 /// Collects tensors and metadata, then writes a safetensors file (atomically) or its bytes.

@@ -28,14 +28,17 @@ struct CsrPattern {
                      rows, " x ", cols, " with ", nnz(), " entries exceeds int32 indices");
     PEFT_CHECK_SHAPE(static_cast<index_t>(row_offsets.size()) == rows + 1, where, ": ",
                      row_offsets.size(), " row offsets for ", rows, " rows (expected rows + 1)");
+    // Every offset is checked before any index is read: offsets that rise past nnz and fall
+    // back would otherwise send the index loop beyond the end of col_indices.
     PEFT_CHECK_ARG(row_offsets.front() == 0, where, ": row_offsets[0] is ", row_offsets.front(),
                    ", expected 0");
     PEFT_CHECK_ARG(row_offsets.back() == nnz(), where, ": row_offsets[", rows, "] is ",
                    row_offsets.back(), ", expected nnz = ", nnz());
+    for (index_t r = 0; r < rows; ++r)
+      PEFT_CHECK_ARG(row_offsets[r] <= row_offsets[r + 1], where, ": row_offsets decrease at row ",
+                     r, " (", row_offsets[r], " > ", row_offsets[r + 1], ")");
     for (index_t r = 0; r < rows; ++r) {
       const index_t first = row_offsets[r], last = row_offsets[r + 1];
-      PEFT_CHECK_ARG(first <= last, where, ": row_offsets decrease at row ", r, " (", first, " > ",
-                     last, ")");
       for (index_t e = first; e < last; ++e) {
         const index_t c = col_indices[e];
         PEFT_CHECK_ARG(c >= 0 && c < cols, where, ": column index ", c, " in row ", r,
