@@ -155,19 +155,19 @@ struct AdaLoraAdapterConfig {
           return true;
         },
         [&](const std::string& key, const auto& v) {
-          std::string_view module = key;
+          std::string_view name = key;
           for (std::string_view suffix : {".lora_E.default", ".lora_E"})
-            if (module.size() > suffix.size() && module.ends_with(suffix)) {
-              module.remove_suffix(suffix.size());
+            if (name.size() > suffix.size() && name.ends_with(suffix)) {
+              name.remove_suffix(suffix.size());
               break;
             }
-          PEFT_CHECK(module.size() < key.size(), ErrorKind::io, "key '", key,
-                     "' is not <module>.lora_E");
-          PEFT_CHECK(c.pattern_of(module) == nullptr, ErrorKind::io, "module '", module,
+          PEFT_CHECK(name.size() < key.size(), ErrorKind::io, "key '", key,
+                     "' is not <name>.lora_E");
+          PEFT_CHECK(c.pattern_of(name) == nullptr, ErrorKind::io, "name '", name,
                      "' is listed twice");
           std::vector<bool> keep;
           for (const auto& b : v) keep.push_back(b.template get<bool>());
-          c.rank_pattern.emplace_back(std::string(module), std::move(keep));
+          c.rank_pattern.emplace_back(std::string(name), std::move(keep));
         });
   }
 };
@@ -192,10 +192,10 @@ struct AdaLoraFormat : FormatTypes<AdaLora, AdaLoraAdapterConfig, AdaLoraSaveOpt
     const index_t out = file.fan_in_fan_out ? w.cols() : w.rows();
     if (!base.bias.empty() && base.bias.size() != out)
       src.fail("the bias has ", base.bias.size(), " elements, out_features is ", out);
-    for (const auto& [module, keep] : file.rank_pattern)
-      if (!src.reader.contains(tensor_key(module, "lora_E")))
+    for (const auto& [listed, keep] : file.rank_pattern)
+      if (!src.reader.contains(tensor_key(listed, "lora_E")))
         throw Error(ErrorKind::io, detail::concat(src.where, ": rank_pattern lists module '",
-                                                  module, "', which the weights do not hold"));
+                                                  listed, "', which the weights do not hold"));
     const AdaLoraConfig config = file.for_module(src.module(), options.seed);
     const index_t k = config.init_r;
     const std::string rank_source =

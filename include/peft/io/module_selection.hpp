@@ -115,9 +115,8 @@ class ModuleSelection {
   static bool listed(const std::vector<std::string>& names, std::string_view module, bool exact) {
     for (const std::string& n : names) {
       if (exact && n == module) return true;
-      if (module.size() > n.size() && module.ends_with(n) &&
-          module[module.size() - n.size() - 1] == '.')
-        return true;
+      const std::size_t dot = module.size() - n.size() - 1;  // where a suffix match needs '.'
+      if (module.size() > n.size() && module.ends_with(n) && module[dot] == '.') return true;
     }
     return false;
   }
