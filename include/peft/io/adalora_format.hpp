@@ -162,7 +162,7 @@ struct AdaLoraAdapterConfig {
               break;
             }
           PEFT_CHECK(name.size() < key.size(), ErrorKind::io, "key '", key,
-                     "' is not <name>.lora_E");
+                     "' is not <module>.lora_E");
           PEFT_CHECK(c.pattern_of(name) == nullptr, ErrorKind::io, "name '", name,
                      "' is listed twice");
           std::vector<bool> keep;
