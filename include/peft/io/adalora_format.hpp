@@ -163,7 +163,7 @@ struct AdaLoraAdapterConfig {
             }
           PEFT_CHECK(name.size() < key.size(), ErrorKind::io, "key '", key,
                      "' is not <module>.lora_E");
-          PEFT_CHECK(c.pattern_of(name) == nullptr, ErrorKind::io, "name '", name,
+          PEFT_CHECK(c.pattern_of(name) == nullptr, ErrorKind::io, "module '", name,
                      "' is listed twice");
           std::vector<bool> keep;
           for (const auto& b : v) keep.push_back(b.template get<bool>());
