@@ -8,7 +8,7 @@ set(PEFT_INSTALL_CMAKEDIR "${CMAKE_INSTALL_DATADIR}/cmake/peft" CACHE STRING
     "Where to install peftConfig.cmake and peftTargets.cmake, relative to the prefix")
 
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/peft" TYPE INCLUDE
-  FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h" PATTERN "*.cuh")
+  FILES_MATCHING PATTERN "*.hpp" PATTERN "*.inl" PATTERN "*.h" PATTERN "*.cuh")
 # What peftConfig.cmake must find again for the consumer: see peftConfig.cmake.in.
 set(peft_export_targets peft)
 set(peft_config_blas FALSE)

@@ -4,7 +4,8 @@
 // one .cpp of a test executable: the replacements are definitions, and they apply to the whole
 // program. Counts what C++ allocates with new (std::vector, std::function, std::string, ...);
 // the library's Matrix, Vector and workspace arenas use aligned_alloc and are counted by
-// Workspace::allocations() instead.
+// Workspace::allocations() instead. Other files of the same executable define
+// PEFT_COUNTING_NEW_CLASS_ONLY before including it to use CountNew alone.
 
 #include <atomic>
 #include <cstddef>
@@ -41,6 +42,7 @@ inline void* counted_alloc(std::size_t size, std::size_t align) {
 
 }  // namespace peft::test
 
+#if !defined(PEFT_COUNTING_NEW_CLASS_ONLY)
 void* operator new(std::size_t size) {
   return peft::test::counted_alloc(size, 0);
 }
@@ -59,3 +61,4 @@ void operator delete(void* p, std::align_val_t) noexcept {
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
   std::free(p);
 }
+#endif

@@ -17,6 +17,7 @@
 #include "../checks.hpp"
 #include "context.hpp"
 #include "eigen_interop.hpp"
+#include "skinny_gemm.hpp"
 
 #if defined(PEFT_USE_BLAS)
 #include <cblas.h>
@@ -176,6 +177,11 @@ void gemm(Context<Cpu>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cpu>
       else
         cm *= static_cast<T>(beta);
       return;
+    }
+    if constexpr (std::is_same_v<T, float>) {  // r-wide products: streamed, not packed
+      if (detail::skinny_gemm(ctx, op_a, op_b, float(alpha), as_const(a), as_const(b), float(beta),
+                              c, k))
+        return;
     }
     detail::gemm_native<T>(op_a, op_b, static_cast<T>(alpha), a, b, static_cast<T>(beta), c, k);
   } else {
