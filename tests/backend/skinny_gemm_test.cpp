@@ -1,9 +1,9 @@
 // The skinny float GEMM kernels (backend/cpu/skinny_gemm.hpp), each instruction set this
-// machine has, against a double-precision reference: every shape family (small k, small n,
-// outer products with either side small), odd sizes around the vector width and the tile
-// heights, strided views whose gaps must stay untouched, alpha and beta (beta = 0 over a C full
-// of NaN), the limit kSkinnyMax, thread counts that must not change a single bit, and no heap
-// allocation.
+// machine has, against a double-precision reference: every shape family (small k, small n as
+// broadcasts and as dot products, few rows, outer products with either side small), odd sizes
+// around the vector width and the tile heights, strided views whose gaps must stay untouched, alpha
+// and beta (beta = 0 over a C full of NaN), the limit kSkinnyMax, thread counts that must not
+// change a single bit, and no heap allocation.
 
 #include <gtest/gtest.h>
 
@@ -129,6 +129,11 @@ TEST(SkinnyGemm, EveryShapeFamilyAgainstDoubleReference) {
           EXPECT_TRUE(
               check_case({Op::N, ob, l, s, kSkinnyMax + l2, alpha, beta, strided}, isa, gen));
         }
+        // few rows: C [s, l'] = X Yᵀ with l' and the depth above the small limit
+        if (s <= peft::cpu::detail::kDotsMax) {
+          EXPECT_TRUE(check_case(
+              {Op::N, Op::T, s, kSkinnyMax + l, kSkinnyMax + l2, alpha, beta, strided}, isa, gen));
+        }
         // outer products, the small side A or B
         EXPECT_TRUE(
             check_case({Op::T, Op::N, s, kSkinnyMax + l, l2, alpha, beta, strided}, isa, gen));
@@ -179,8 +184,9 @@ TEST(SkinnyGemm, ThreadCountDoesNotChangeABit) {
   // Large enough to run on several threads (above kSkinnyParallelFma).
   const index_t n = 300, in = 1100, r = 16;
   const std::tuple<Op, Op, index_t, index_t, index_t> shapes[] = {
-      {Op::N, Op::T, n, r, in}, {Op::N, Op::T, n, in, r}, {Op::T, Op::N, in, r, n},
-      {Op::N, Op::N, n, r, in}, {Op::T, Op::N, r, in, n}, {Op::N, Op::N, n, in, r}};
+      {Op::N, Op::T, n, r, in},  {Op::N, Op::T, n, in, r},     {Op::T, Op::N, in, r, n},
+      {Op::N, Op::N, n, r, in},  {Op::T, Op::N, r, in, n},     {Op::N, Op::N, n, in, r},
+      {Op::N, Op::N, n, 64, in}, {Op::N, Op::T, r, in, 2 * in}};
   for (SkinnyIsa isa : isas())
     for (const auto& [oa, ob, m, nn, k] : shapes) {
       const index_t ar = oa == Op::N ? m : k, ac = oa == Op::N ? k : m;

@@ -9,6 +9,7 @@
 //
 //   small_k  C[m, N] = α X[m, k] op(Y)[k, N] + β C   op_a = N, k small  (y += s xa Bᵀ, dx += dxa A)
 //   small_n  C[m, n] = α X[m, k] op(Y)[k, n] + β C   op_a = N, n small  (xa = x Aᵀ, dxa = s dy B)
+//   few rows C[m, n] = α X[m, k] Yᵀ + β C             op_b = T, m <= 32  (y = x W0ᵀ at n = 16)
 //   outer    C = α Aᵀ B + β C, A [k, M], B [k, N]    op_a = T, op_b = N, M or N small
 //                                                                   (dA += dxaᵀ x, dB += s dyᵀ xa)
 //
@@ -34,6 +35,11 @@ inline constexpr index_t kSkinnyMax = 128;
 
 /// Floats of the per-thread stack panel that holds a repacked block of the small operand.
 inline constexpr index_t kSkinnyPanel = 8192;
+
+/// The widest C (columns) of a small_n product computed as dot products along the depth (wider
+/// ones broadcast x element by element against rows of op(Y)), and the most rows of a few-rows
+/// product.
+inline constexpr index_t kDotsMax = 32;
 
 /// Rows of the large operand an outer-product tile walks per slice (see Kernels::outer).
 inline constexpr index_t kOuterDepth = 64;
@@ -85,6 +91,26 @@ inline void skinny_pack(Op op_y, const float* y, index_t ldy, index_t k0, index_
   }
 }
 
+/// panel[j][kk] = op(Y)[k0 + kk][j] for j < cols, kk < depth: op(Y)ᵀ by depth, its rows padded
+/// with zeros to a whole vector past the depth and to `rows` rows.
+inline void skinny_pack_transposed(Op op_y, const float* y, index_t ldy, index_t k0, index_t depth,
+                                   index_t cols, index_t rows, float* panel, index_t ldp) {
+  const index_t padded = std::min(ldp, (depth + 15) / 16 * 16);
+  for (index_t j = 0; j < rows; ++j) {
+    float* row = panel + j * ldp;
+    if (j >= cols) {
+      std::fill(row, row + padded, 0.0f);
+      continue;
+    }
+    if (op_y == Op::T) {
+      std::copy_n(y + j * ldy + k0, depth, row);
+    } else {
+      for (index_t kk = 0; kk < depth; ++kk) row[kk] = y[(k0 + kk) * ldy + j];
+    }
+    std::fill(row + depth, row + padded, 0.0f);
+  }
+}
+
 /// Calls part(first, last) for [0, items) split between as many threads as the work deserves.
 template <class Part>
 void skinny_parallel(Context<Cpu>& ctx, double fmas, index_t items, Part&& part) {
@@ -106,6 +132,13 @@ void skinny_parallel(Context<Cpu>& ctx, double fmas, index_t items, Part&& part)
 
 #if defined(PEFT_SKINNY_X86)
 
+// GCC 12 warns about the deliberately undefined pass-through operand inside the AVX-512
+// intrinsics (_mm512_undefined_ps, GCC bug 105593) once they are inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 namespace skinny_avx512 {
 #define PEFT_SKINNY_FN __attribute__((target("avx512f"))) inline
 struct Vec {
@@ -118,6 +151,14 @@ struct Vec {
   PEFT_SKINNY_FN static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   PEFT_SKINNY_FN static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   PEFT_SKINNY_FN static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  /// The sum of the lanes.
+  PEFT_SKINNY_FN static float sum(V v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));  // + the other 256-bit half
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));  // + the neighbouring 128 bits
+    __m128 quarter = _mm512_castps512_ps128(v);
+    quarter = _mm_hadd_ps(quarter, quarter);
+    return _mm_cvtss_f32(_mm_hadd_ps(quarter, quarter));
+  }
   PEFT_SKINNY_FN static __mmask16 mask(index_t count) {
     return count >= W ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
   }
@@ -131,9 +172,13 @@ struct Vec {
 // 32 registers: tiles of up to 24 accumulators plus the operands.
 inline constexpr int kRows1 = 16, kRows2 = 8, kRows4 = 5;
 inline constexpr int kOuterSmall = 8, kOuterVectors = 3;
+inline constexpr int kDotsRows = 4, kDotsCols = 4;
 #include "skinny_gemm_kernels.inl"
 #undef PEFT_SKINNY_FN
 }  // namespace skinny_avx512
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 namespace skinny_avx2 {
 #define PEFT_SKINNY_FN __attribute__((target("avx2,fma"))) inline
@@ -147,6 +192,11 @@ struct Vec {
   PEFT_SKINNY_FN static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   PEFT_SKINNY_FN static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   PEFT_SKINNY_FN static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  PEFT_SKINNY_FN static float sum(V v) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    half = _mm_hadd_ps(half, half);
+    return _mm_cvtss_f32(_mm_hadd_ps(half, half));
+  }
   PEFT_SKINNY_FN static __m256i mask(index_t count) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<index_t>(count, W))),
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -161,6 +211,7 @@ struct Vec {
 // 16 registers: tiles of up to 12 accumulators plus the operands.
 inline constexpr int kRows1 = 12, kRows2 = 6, kRows4 = 3;
 inline constexpr int kOuterSmall = 4, kOuterVectors = 3;
+inline constexpr int kDotsRows = 3, kDotsCols = 3;
 #include "skinny_gemm_kernels.inl"
 #undef PEFT_SKINNY_FN
 }  // namespace skinny_avx2
@@ -176,6 +227,18 @@ bool skinny_gemm_with(Context<Cpu>& ctx, Op op_a, Op op_b, index_t m, index_t n,
         std::max<index_t>(K::width, kSkinnyPanel / std::max<index_t>(k, 1) / K::width * K::width);
     skinny_parallel(ctx, fmas, (n + block - 1) / block, [&](index_t b0, index_t b1) {
       K::small_k(op_b, b0, b1, block, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    });
+    return true;
+  }
+  if (op_a == Op::N && n <= kDotsMax) {
+    skinny_parallel(ctx, fmas, m, [&](index_t r0, index_t r1) {
+      K::small_n_dots(op_b, r0, r1, n, k, alpha, a, lda, b, ldb, beta, c, ldc, false);
+    });
+    return true;
+  }
+  if (op_a == Op::N && op_b == Op::T && m <= kDotsMax) {  // Cᵀ = B Aᵀ: few rows, x W0ᵀ at n = 16
+    skinny_parallel(ctx, fmas, n, [&](index_t r0, index_t r1) {
+      K::small_n_dots(Op::T, r0, r1, m, k, alpha, b, ldb, a, lda, beta, c, ldc, true);
     });
     return true;
   }

@@ -93,6 +93,48 @@ PEFT_SKINNY_FN void rows_times_panel(index_t r0, index_t r1, index_t depth, cons
   }
 }
 
+/// c[r · ldc_r + j · ldc_j] (+)= α Σ_kk x[r][kk] · p[j][kk] over `depth` (vectors along the depth,
+/// summed across lanes at the end), for R rows (past `rows`: the last one again, not stored) and
+/// J rows of the packed panel p (zero past the product's columns; rows padded to whole vectors).
+template <int R, int J>
+PEFT_SKINNY_FN void dots_tile(index_t rows, index_t count, index_t depth, const float* x,
+                              index_t ldx, const float* p, index_t ldp, float* c, index_t ldc_r,
+                              index_t ldc_j, float alpha, float beta, bool first) {
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = x + std::min<index_t>(r, rows - 1) * ldx;
+  Vec::V acc[R][J];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) acc[r][j] = Vec::zero();
+  const index_t whole = depth / Vec::W * Vec::W;
+  for (index_t kk = 0; kk < depth; kk += Vec::W) {
+    Vec::V xv[R], pv[J];
+    if (kk < whole) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) xv[r] = Vec::load(xr[r] + kk);
+    } else {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) xv[r] = Vec::load_n(xr[r] + kk, depth - kk);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) pv[j] = Vec::load(p + j * ldp + kk);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) acc[r][j] = Vec::fma(xv[r], pv[j], acc[r][j]);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j)
+      if (r < rows && j < count) {
+        float& out = c[r * ldc_r + j * ldc_j];
+        const float sum = alpha * Vec::sum(acc[r][j]);
+        out = !first ? out + sum : beta == 0.0f ? sum : sum + beta * out;
+      }
+}
+
 /// tile[s][v W ..] += Σ_kk small[kk][s] · large[kk][v W ..] over k rows, for SN small columns
 /// (those past `count` repeat the last one) and NV vectors of the large operand (zero past
 /// `width`).
@@ -151,6 +193,31 @@ struct Kernels {
       const index_t depth = std::min(depth_max, k - k0);
       skinny_pack(op_y, y, ldy, k0, depth, 0, n, panel, ldp);
       rows_times_panel(r0, r1, depth, x + k0, ldx, panel, ldp, c, ldc, n, alpha, beta, k0 == 0);
+    }
+  }
+
+  /// small_n for n <= kDotsMax, rows [r0, r1): dot products along the depth against op(Y)ᵀ
+  /// repacked by depth (x is read as vectors, not element by element). With transpose_c, the
+  /// result goes to Cᵀ: C[j, r] (for C = op(Y)ᵀ Xᵀ, a product with few rows).
+  PEFT_SKINNY_FN static void small_n_dots(Op op_y, index_t r0, index_t r1, index_t n, index_t k,
+                                          float alpha, const float* x, index_t ldx, const float* y,
+                                          index_t ldy, float beta, float* c, index_t ldc,
+                                          bool transpose_c) {
+    const index_t rows_p = (n + kDotsCols - 1) / kDotsCols * kDotsCols;
+    // Panel rows one vector longer than the depth, and not a power of two apart.
+    const index_t depth_max = (kSkinnyPanel / rows_p) / Vec::W * Vec::W - 2 * Vec::W;
+    const index_t ldp = depth_max + Vec::W;
+    const index_t ldc_r = transpose_c ? 1 : ldc, ldc_j = transpose_c ? ldc : 1;
+    alignas(64) float panel[kSkinnyPanel];
+    for (index_t k0 = 0; k0 < k; k0 += depth_max) {
+      const index_t depth = std::min(depth_max, k - k0);
+      skinny_pack_transposed(op_y, y, ldy, k0, depth, n, rows_p, panel, ldp);
+      for (index_t r = r0; r < r1; r += kDotsRows)
+        for (index_t j = 0; j < n; j += kDotsCols)
+          dots_tile<kDotsRows, kDotsCols>(
+              std::min<index_t>(kDotsRows, r1 - r), std::min<index_t>(kDotsCols, n - j), depth,
+              x + r * ldx + k0, ldx, panel + j * ldp, ldp, c + r * ldc_r + j * ldc_j, ldc_r, ldc_j,
+              alpha, beta, k0 == 0);
     }
   }
 
