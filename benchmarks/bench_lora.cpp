@@ -20,7 +20,14 @@
 //   overhead  the median over the iterations of (adapter time / base time) of one iteration.
 //             A ratio of two adjacent measurements cancels slow drift, and the median ignores
 //             the iterations a neighbour on a shared machine slowed down.
+//   floor     the FLOP-floor ratio (base + adapter FLOPs) / base FLOPs: the overhead the layer
+//             would have if its r-wide products ran at the base GEMM's FLOP rate. Forward:
+//             1 + r (in + out) / (in out); forward+backward: 1 + 1.5 r (in + out) / (in out)
+//             (six r-wide products against the base's two GEMMs).
+//   vs_floor  overhead / floor: 1 means the adapter costs no more per FLOP than the base.
 //   base_ms   mean time of the base per iteration, in ms.
+//   median_ms the median over the iterations of the layer's time, in ms (what
+//             peft_compare/layers.py sets against PEFT's median).
 //   GFLOPS    the FLOPs the layer really does (base + adapter) / mean adapter time, in 1e9/s.
 //             BM_Gemm / BM_CblasGemm: 2·n·in·out / mean time.
 //   vs_cblas  BM_Gemm with BLAS: median of per-iteration (peft::cpu::gemm / cblas_sgemm) times,
@@ -137,6 +144,21 @@ Shape shape_of(const benchmark::State& state) {
   return {state.range(0), state.range(1), state.range(2), state.range(3)};
 }
 
+/// The counters of a Lora case from its paired times and the FLOPs of its base and its adapter.
+/// The FLOP floor is what the overhead would be if the adapter's products ran at the base
+/// GEMM's FLOP rate; vs_floor says how far above that the layer is.
+void set_lora_counters(benchmark::State& state, const Paired& t, double base_flops,
+                       double adapter_flops) {
+  const double overhead = median_ratio(t);
+  const double floor = (base_flops + adapter_flops) / base_flops;
+  state.counters["overhead"] = overhead;
+  state.counters["floor"] = floor;
+  state.counters["vs_floor"] = overhead / floor;
+  state.counters["base_ms"] = 1e3 * mean(t.reference);
+  state.counters["median_ms"] = 1e3 * median(t.subject);
+  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+}
+
 void BM_LoraForward(benchmark::State& state) {
   const Shape s = shape_of(state);
   Ctx& ctx = context();
@@ -153,9 +175,7 @@ void BM_LoraForward(benchmark::State& state) {
 
   const double base_flops = 2.0 * double(s.n) * double(s.in) * double(s.out);
   const double adapter_flops = 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
-  state.counters["overhead"] = median_ratio(t);
-  state.counters["base_ms"] = 1e3 * mean(t.reference);
-  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+  set_lora_counters(state, t, base_flops, adapter_flops);
 }
 
 void BM_LoraForwardBackward(benchmark::State& state) {
@@ -185,9 +205,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   const double base_flops = 2 * 2.0 * double(s.n) * double(s.in) * double(s.out);
   // forward: x Aᵀ (in), (x Aᵀ) Bᵀ (out); backward: dB (out), d(x Aᵀ) (out), dA (in), d(x Aᵀ) A (in)
   const double adapter_flops = 3 * 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
-  state.counters["overhead"] = median_ratio(t);
-  state.counters["base_ms"] = 1e3 * mean(t.reference);
-  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+  set_lora_counters(state, t, base_flops, adapter_flops);
 }
 
 void BM_Gemm(benchmark::State& state) {
