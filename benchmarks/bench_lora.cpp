@@ -63,8 +63,6 @@ extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 namespace {
 
 using peft::index_t;
-using Ctx = peft::Context<peft::Cpu>;
-using Mat = peft::Matrix<float, peft::Cpu>;
 using namespace peft::bench;
 
 struct Shape {
@@ -77,30 +75,13 @@ constexpr Shape kShapes[] = {
     {512, 2048, 2048, 64}, {2048, 4096, 4096, 16},
 };
 
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
-
 /// Activations, gradients and the frozen weight of one (n, in, out): allocated, filled and
 /// touched once per shape and shared by every benchmark of that shape (the big shape holds
 /// ~190 MB and the benchmark library calls each case several times).
-struct Problem {
-  Mat x, w0, y, dy, dx;
-  Problem(index_t n, index_t in, index_t out)
-      : x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in) {
-    fill_uniform(x, 1);
-    fill_uniform(w0, 2);
-    fill_uniform(dy, 3);
-    fill_uniform(y, 4);
-    fill_uniform(dx, 5);
-  }
-};
-
-Problem& problem(index_t n, index_t in, index_t out) {
-  static std::map<std::tuple<index_t, index_t, index_t>, std::unique_ptr<Problem>> cache;
+LayerOperands& problem(index_t n, index_t in, index_t out) {
+  static std::map<std::tuple<index_t, index_t, index_t>, std::unique_ptr<LayerOperands>> cache;
   auto& slot = cache[{n, in, out}];
-  if (!slot) slot = std::make_unique<Problem>(n, in, out);
+  if (!slot) slot = std::make_unique<LayerOperands>(n, in, out);
   return *slot;
 }
 
@@ -112,7 +93,7 @@ peft::Lora<float, peft::Cpu>& layer(const Shape& s) {
       cache;
   auto& slot = cache[{s.n, s.in, s.out, s.r}];
   if (!slot) {
-    Problem& p = problem(s.n, s.in, s.out);
+    LayerOperands& p = problem(s.n, s.in, s.out);
     peft::LoraConfig cfg;
     cfg.r = s.r;
     cfg.alpha = double(2 * s.r);
@@ -162,7 +143,7 @@ void set_lora_counters(benchmark::State& state, const Paired& t, double base_flo
 void BM_LoraForward(benchmark::State& state) {
   const Shape s = shape_of(state);
   Ctx& ctx = context();
-  Problem& p = problem(s.n, s.in, s.out);
+  LayerOperands& p = problem(s.n, s.in, s.out);
   auto& lora = layer(s);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
@@ -181,7 +162,7 @@ void BM_LoraForward(benchmark::State& state) {
 void BM_LoraForwardBackward(benchmark::State& state) {
   const Shape s = shape_of(state);
   Ctx& ctx = context();
-  Problem& p = problem(s.n, s.in, s.out);
+  LayerOperands& p = problem(s.n, s.in, s.out);
   auto& lora = layer(s);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
@@ -211,7 +192,7 @@ void BM_LoraForwardBackward(benchmark::State& state) {
 void BM_Gemm(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2);
   Ctx& ctx = context();
-  Problem& p = problem(n, in, out);
+  LayerOperands& p = problem(n, in, out);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
   const auto y = p.y.view();
@@ -236,7 +217,7 @@ void BM_Gemm(benchmark::State& state) {
 #if defined(PEFT_USE_BLAS)
 void BM_CblasGemm(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2);
-  Problem& p = problem(n, in, out);
+  LayerOperands& p = problem(n, in, out);
   // The thread count the library gives OpenBLAS (the Context's), also for this direct call.
   if (openblas_set_num_threads != nullptr) openblas_set_num_threads(context().threads());
   auto direct = [&] {
