@@ -17,28 +17,15 @@
 namespace {
 
 using peft::index_t;
-using peft::bench::fill_uniform;
-using peft::bench::median_ratio;
-using peft::bench::Paired;
-using peft::bench::run_paired;
-using Mat = peft::Matrix<float, peft::Cpu>;
-using Ctx = peft::Context<peft::Cpu>;
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
+using namespace peft::bench;
 
 void BM_AdaLoraStep(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
   const bool allocate = state.range(4) != 0;
   Ctx& ctx = context();
-  Mat x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in);
-  fill_uniform(x, 1);
-  fill_uniform(w0, 2);
-  fill_uniform(dy, 3);
-  peft::AdaLora<float, peft::Cpu> ada(ctx, w0.view(), {.init_r = r, .alpha = double(2 * r)});
-  peft::Lora<float, peft::Cpu> lora(ctx, w0.view(), {.r = r, .alpha = double(2 * r)});
+  LayerOperands p(n, in, out);
+  peft::AdaLora<float, peft::Cpu> ada(ctx, p.w0.view(), {.init_r = r, .alpha = double(2 * r)});
+  peft::Lora<float, peft::Cpu> lora(ctx, p.w0.view(), {.r = r, .alpha = double(2 * r)});
   peft::RankAllocator<float, peft::Cpu> allocator(
       {.target_r = r / 2, .total_step = std::int64_t(1) << 40});
   allocator.add(ctx, ada, "layer");
@@ -48,15 +35,15 @@ void BM_AdaLoraStep(benchmark::State& state) {
   const Paired t = run_paired(
       state,
       [&] {
-        ada.forward(ctx, as_const(x.view()), y.view());
-        ada.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        ada.forward(ctx, as_const(p.x.view()), p.y.view());
+        ada.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         ada.prepare_gradients(ctx);
         if (allocate) allocator.update_and_allocate(ctx, step++);
         ada.zero_grad(ctx);
       },
       [&] {
-        lora.forward(ctx, as_const(x.view()), y.view());
-        lora.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        lora.forward(ctx, as_const(p.x.view()), p.y.view());
+        lora.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         lora.zero_grad(ctx);
       });
   state.counters[allocate ? "vs_lora_allocate" : "vs_lora"] = median_ratio(t);
@@ -69,12 +56,9 @@ void BM_AdaLoraCompactedStep(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3),
                 kept = state.range(4);
   Ctx& ctx = context();
-  Mat x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in);
-  fill_uniform(x, 1);
-  fill_uniform(w0, 2);
-  fill_uniform(dy, 3);
-  peft::AdaLora<float, peft::Cpu> ada(ctx, w0.view(), {.init_r = r, .alpha = double(2 * r)});
-  peft::Lora<float, peft::Cpu> lora(ctx, w0.view(), {.r = kept, .alpha = double(2 * kept)});
+  LayerOperands p(n, in, out);
+  peft::AdaLora<float, peft::Cpu> ada(ctx, p.w0.view(), {.init_r = r, .alpha = double(2 * r)});
+  peft::Lora<float, peft::Cpu> lora(ctx, p.w0.view(), {.r = kept, .alpha = double(2 * kept)});
   std::vector<index_t> ranks;
   for (index_t k = 0; k < kept; ++k) ranks.push_back(k * r / kept);  // spread over the ranks
   ada.keep_ranks(ctx, ranks);
@@ -83,14 +67,14 @@ void BM_AdaLoraCompactedStep(benchmark::State& state) {
   const Paired t = run_paired(
       state,
       [&] {
-        ada.forward(ctx, as_const(x.view()), y.view());
-        ada.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        ada.forward(ctx, as_const(p.x.view()), p.y.view());
+        ada.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         ada.prepare_gradients(ctx);
         ada.zero_grad(ctx);
       },
       [&] {
-        lora.forward(ctx, as_const(x.view()), y.view());
-        lora.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+        lora.forward(ctx, as_const(p.x.view()), p.y.view());
+        lora.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         lora.zero_grad(ctx);
       });
   state.counters["vs_lora_final"] = median_ratio(t);

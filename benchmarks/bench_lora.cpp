@@ -20,7 +20,14 @@
 //   overhead  the median over the iterations of (adapter time / base time) of one iteration.
 //             A ratio of two adjacent measurements cancels slow drift, and the median ignores
 //             the iterations a neighbour on a shared machine slowed down.
+//   floor     the FLOP-floor ratio (base + adapter FLOPs) / base FLOPs: the overhead the layer
+//             would have if its r-wide products ran at the base GEMM's FLOP rate. Forward:
+//             1 + r (in + out) / (in out); forward+backward: 1 + 1.5 r (in + out) / (in out)
+//             (six r-wide products against the base's two GEMMs).
+//   vs_floor  overhead / floor: 1 means the adapter costs no more per FLOP than the base.
 //   base_ms   mean time of the base per iteration, in ms.
+//   median_ms the median over the iterations of the layer's time, in ms (what
+//             peft_compare/layers.py sets against PEFT's median).
 //   GFLOPS    the FLOPs the layer really does (base + adapter) / mean adapter time, in 1e9/s.
 //             BM_Gemm / BM_CblasGemm: 2·n·in·out / mean time.
 //   vs_cblas  BM_Gemm with BLAS: median of per-iteration (peft::cpu::gemm / cblas_sgemm) times,
@@ -56,8 +63,6 @@ extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 namespace {
 
 using peft::index_t;
-using Ctx = peft::Context<peft::Cpu>;
-using Mat = peft::Matrix<float, peft::Cpu>;
 using namespace peft::bench;
 
 struct Shape {
@@ -70,30 +75,13 @@ constexpr Shape kShapes[] = {
     {512, 2048, 2048, 64}, {2048, 4096, 4096, 16},
 };
 
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
-
 /// Activations, gradients and the frozen weight of one (n, in, out): allocated, filled and
 /// touched once per shape and shared by every benchmark of that shape (the big shape holds
 /// ~190 MB and the benchmark library calls each case several times).
-struct Problem {
-  Mat x, w0, y, dy, dx;
-  Problem(index_t n, index_t in, index_t out)
-      : x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in) {
-    fill_uniform(x, 1);
-    fill_uniform(w0, 2);
-    fill_uniform(dy, 3);
-    fill_uniform(y, 4);
-    fill_uniform(dx, 5);
-  }
-};
-
-Problem& problem(index_t n, index_t in, index_t out) {
-  static std::map<std::tuple<index_t, index_t, index_t>, std::unique_ptr<Problem>> cache;
+LayerOperands& problem(index_t n, index_t in, index_t out) {
+  static std::map<std::tuple<index_t, index_t, index_t>, std::unique_ptr<LayerOperands>> cache;
   auto& slot = cache[{n, in, out}];
-  if (!slot) slot = std::make_unique<Problem>(n, in, out);
+  if (!slot) slot = std::make_unique<LayerOperands>(n, in, out);
   return *slot;
 }
 
@@ -105,7 +93,7 @@ peft::Lora<float, peft::Cpu>& layer(const Shape& s) {
       cache;
   auto& slot = cache[{s.n, s.in, s.out, s.r}];
   if (!slot) {
-    Problem& p = problem(s.n, s.in, s.out);
+    LayerOperands& p = problem(s.n, s.in, s.out);
     peft::LoraConfig cfg;
     cfg.r = s.r;
     cfg.alpha = double(2 * s.r);
@@ -137,10 +125,25 @@ Shape shape_of(const benchmark::State& state) {
   return {state.range(0), state.range(1), state.range(2), state.range(3)};
 }
 
+/// The counters of a Lora case from its paired times and the FLOPs of its base and its adapter.
+/// The FLOP floor is what the overhead would be if the adapter's products ran at the base
+/// GEMM's FLOP rate; vs_floor says how far above that the layer is.
+void set_lora_counters(benchmark::State& state, const Paired& t, double base_flops,
+                       double adapter_flops) {
+  const double overhead = median_ratio(t);
+  const double floor = (base_flops + adapter_flops) / base_flops;
+  state.counters["overhead"] = overhead;
+  state.counters["floor"] = floor;
+  state.counters["vs_floor"] = overhead / floor;
+  state.counters["base_ms"] = 1e3 * mean(t.reference);
+  state.counters["median_ms"] = 1e3 * median(t.subject);
+  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+}
+
 void BM_LoraForward(benchmark::State& state) {
   const Shape s = shape_of(state);
   Ctx& ctx = context();
-  Problem& p = problem(s.n, s.in, s.out);
+  LayerOperands& p = problem(s.n, s.in, s.out);
   auto& lora = layer(s);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
@@ -153,15 +156,13 @@ void BM_LoraForward(benchmark::State& state) {
 
   const double base_flops = 2.0 * double(s.n) * double(s.in) * double(s.out);
   const double adapter_flops = 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
-  state.counters["overhead"] = median_ratio(t);
-  state.counters["base_ms"] = 1e3 * mean(t.reference);
-  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+  set_lora_counters(state, t, base_flops, adapter_flops);
 }
 
 void BM_LoraForwardBackward(benchmark::State& state) {
   const Shape s = shape_of(state);
   Ctx& ctx = context();
-  Problem& p = problem(s.n, s.in, s.out);
+  LayerOperands& p = problem(s.n, s.in, s.out);
   auto& lora = layer(s);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
@@ -185,15 +186,13 @@ void BM_LoraForwardBackward(benchmark::State& state) {
   const double base_flops = 2 * 2.0 * double(s.n) * double(s.in) * double(s.out);
   // forward: x Aᵀ (in), (x Aᵀ) Bᵀ (out); backward: dB (out), d(x Aᵀ) (out), dA (in), d(x Aᵀ) A (in)
   const double adapter_flops = 3 * 2.0 * double(s.n) * double(s.r) * double(s.in + s.out);
-  state.counters["overhead"] = median_ratio(t);
-  state.counters["base_ms"] = 1e3 * mean(t.reference);
-  state.counters["GFLOPS"] = (base_flops + adapter_flops) / mean(t.subject) * 1e-9;
+  set_lora_counters(state, t, base_flops, adapter_flops);
 }
 
 void BM_Gemm(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2);
   Ctx& ctx = context();
-  Problem& p = problem(n, in, out);
+  LayerOperands& p = problem(n, in, out);
   const auto x = as_const(p.x.view());
   const auto w0 = as_const(p.w0.view());
   const auto y = p.y.view();
@@ -218,7 +217,7 @@ void BM_Gemm(benchmark::State& state) {
 #if defined(PEFT_USE_BLAS)
 void BM_CblasGemm(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2);
-  Problem& p = problem(n, in, out);
+  LayerOperands& p = problem(n, in, out);
   // The thread count the library gives OpenBLAS (the Context's), also for this direct call.
   if (openblas_set_num_threads != nullptr) openblas_set_num_threads(context().threads());
   auto direct = [&] {

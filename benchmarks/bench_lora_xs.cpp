@@ -27,30 +27,16 @@
 namespace {
 
 using peft::index_t;
-using peft::bench::fill_uniform;
-using peft::bench::mean;
-using peft::bench::median_ratio;
-using peft::bench::Paired;
-using peft::bench::run_paired;
-using Mat = peft::Matrix<float, peft::Cpu>;
-using Ctx = peft::Context<peft::Cpu>;
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
+using namespace peft::bench;
 
 void BM_LoraXsStep(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
   const bool adamw = state.range(4) != 0;
   Ctx& ctx = context();
-  Mat x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in);
-  fill_uniform(x, 1);
-  fill_uniform(w0, 2);
-  fill_uniform(dy, 3);
+  LayerOperands p(n, in, out);
   peft::LoraXs<float, peft::Cpu> xs(
-      ctx, w0.view(), {.r = r, .alpha = double(2 * r), .svd = {.power_iterations = 2}});
-  peft::Lora<float, peft::Cpu> lora(ctx, w0.view(), {.r = r, .alpha = double(2 * r)});
+      ctx, p.w0.view(), {.r = r, .alpha = double(2 * r), .svd = {.power_iterations = 2}});
+  peft::Lora<float, peft::Cpu> lora(ctx, p.w0.view(), {.r = r, .alpha = double(2 * r)});
   // Tiny steps: the parameters stay finite however long the benchmark runs.
   peft::AdamW<float, peft::Cpu> xs_opt({.lr = 1e-7}), lora_opt({.lr = 1e-7});
   xs_opt.add(xs);
@@ -58,8 +44,8 @@ void BM_LoraXsStep(benchmark::State& state) {
   xs.preallocate(ctx, n);
   lora.preallocate(ctx, n);
   const auto step = [&](auto& layer, auto& optimizer) {
-    layer.forward(ctx, as_const(x.view()), y.view());
-    layer.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+    layer.forward(ctx, as_const(p.x.view()), p.y.view());
+    layer.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
     if (adamw)
       optimizer.step(ctx);
     else

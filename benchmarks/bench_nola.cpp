@@ -16,17 +16,7 @@
 namespace {
 
 using peft::index_t;
-using peft::bench::fill_uniform;
-using peft::bench::median_ratio;
-using peft::bench::Paired;
-using peft::bench::run_paired;
-using Mat = peft::Matrix<float, peft::Cpu>;
-using Ctx = peft::Context<peft::Cpu>;
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
+using namespace peft::bench;
 
 /// Non-zero coefficients (zero ones cost nothing in generate), then generate.
 void randomise(Ctx& ctx, peft::Nola<float, peft::Cpu>& layer) {
@@ -47,12 +37,9 @@ void BM_NolaStep(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
   const index_t k = state.range(4), micro = state.range(5);
   Ctx& ctx = context();
-  Mat x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in);
-  fill_uniform(x, 1);
-  fill_uniform(w0, 2);
-  fill_uniform(dy, 3);
-  peft::Nola<float, peft::Cpu> nola(ctx, w0.view(), nola_config(r, k));
-  peft::Lora<float, peft::Cpu> lora(ctx, w0.view(), {.r = r, .alpha = double(2 * r)});
+  LayerOperands p(n, in, out);
+  peft::Nola<float, peft::Cpu> nola(ctx, p.w0.view(), nola_config(r, k));
+  peft::Lora<float, peft::Cpu> lora(ctx, p.w0.view(), {.r = r, .alpha = double(2 * r)});
   randomise(ctx, nola);
   nola.preallocate(ctx, n);
   lora.preallocate(ctx, n);
@@ -60,8 +47,8 @@ void BM_NolaStep(benchmark::State& state) {
       state,
       [&] {
         for (index_t m = 0; m < micro; ++m) {
-          nola.forward(ctx, as_const(x.view()), y.view());
-          nola.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+          nola.forward(ctx, as_const(p.x.view()), p.y.view());
+          nola.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         }
         nola.prepare_gradients(ctx);
         nola.parameters_updated(ctx);
@@ -69,8 +56,8 @@ void BM_NolaStep(benchmark::State& state) {
       },
       [&] {
         for (index_t m = 0; m < micro; ++m) {
-          lora.forward(ctx, as_const(x.view()), y.view());
-          lora.backward(ctx, as_const(x.view()), as_const(dy.view()), dx.view());
+          lora.forward(ctx, as_const(p.x.view()), p.y.view());
+          lora.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), p.dx.view());
         }
         lora.zero_grad(ctx);
       });
@@ -81,26 +68,23 @@ void BM_NolaGenerate(benchmark::State& state) {
   const index_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
   const index_t k = state.range(4);
   Ctx& ctx = context();
-  Mat x(n, in), w0(out, in), y(n, out), dy(n, out);
-  fill_uniform(x, 1);
-  fill_uniform(w0, 2);
-  fill_uniform(dy, 3);
-  peft::Nola<float, peft::Cpu> nola(ctx, w0.view(), nola_config(r, k));
+  LayerOperands p(n, in, out);
+  peft::Nola<float, peft::Cpu> nola(ctx, p.w0.view(), nola_config(r, k));
   randomise(ctx, nola);
   nola.preallocate(ctx, n);
-  nola.forward(ctx, as_const(x.view()), y.view());
-  nola.backward(ctx, as_const(x.view()), as_const(dy.view()), {});
+  nola.forward(ctx, as_const(p.x.view()), p.y.view());
+  nola.backward(ctx, as_const(p.x.view()), as_const(p.dy.view()), {});
   const Paired t = run_paired(
       state,
       [&] {
-        nola.backward_delta(ctx, as_const(x.view()).block(0, 0, 1, in),
-                            as_const(dy.view()).block(0, 0, 1, out), {});  // keeps pull_back busy
+        nola.backward_delta(ctx, as_const(p.x.view()).block(0, 0, 1, in),
+                            as_const(p.dy.view()).block(0, 0, 1, out), {});  // keeps pull_back busy
         nola.prepare_gradients(ctx);
         nola.parameters_updated(ctx);
       },
       [&] {
-        peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, as_const(x.view()), as_const(w0.view()),
-                        0.0, y.view());
+        peft::cpu::gemm(ctx, peft::Op::N, peft::Op::T, 1.0, as_const(p.x.view()),
+                        as_const(p.w0.view()), 0.0, p.y.view());
       });
   state.counters["vs_gemm"] = median_ratio(t);
   state.counters["entries_per_s"] = benchmark::Counter(

@@ -25,13 +25,6 @@ namespace {
 
 using peft::index_t;
 using namespace peft::bench;
-using Ctx = peft::Context<peft::Cpu>;
-using Mat = peft::Matrix<float, peft::Cpu>;
-
-Ctx& context() {
-  static Ctx ctx;
-  return ctx;
-}
 
 /// A uniformly random pattern with exactly nnz entries of a rows x cols matrix.
 peft::CsrPattern random_pattern(index_t rows, index_t cols, index_t nnz, std::uint32_t seed) {

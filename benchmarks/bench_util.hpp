@@ -1,7 +1,8 @@
 #pragma once
-// Shared by the CPU benchmarks: deterministic data, and paired timing of a subject against its
-// reference inside one loop so that drift on a shared machine hits both alike (the statistics
-// are in bench_util_stats.hpp, shared with the CUDA benchmarks' bench_util_cuda.cuh).
+// Shared by the CPU benchmarks: their context, deterministic data and a layer's operands, and
+// paired timing of a subject against its reference inside one loop so that drift on a shared
+// machine hits both alike (the statistics are in bench_util_stats.hpp, shared with the CUDA
+// benchmarks' bench_util_cuda.cuh).
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +31,32 @@ void fill_uniform(Matrix<T, Cpu>& m, std::uint64_t seed) {
     p[i] = static_cast<T>(static_cast<double>(s >> 40) / double(1 << 24) * 2.0 - 1.0);
   }
 }
+
+/// float on the CPU: what the CPU benchmarks time.
+using Mat = Matrix<float, Cpu>;
+using Ctx = Context<Cpu>;
+
+/// The one context of a benchmark process (the library's default thread count), shared by its
+/// cases so that the BLAS threads and buffers are set up once.
+inline Ctx& context() {
+  static Ctx ctx;
+  return ctx;
+}
+
+/// The operands of a layer [n, in] -> [n, out]: x, the frozen W0 [out, in] and dy filled from
+/// fixed seeds; y and dx, which the layer writes, filled too so that their pages are touched
+/// before any timing.
+struct LayerOperands {
+  Mat x, w0, y, dy, dx;
+  LayerOperands(index_t n, index_t in, index_t out)
+      : x(n, in), w0(out, in), y(n, out), dy(n, out), dx(n, in) {
+    fill_uniform(x, 1);
+    fill_uniform(w0, 2);
+    fill_uniform(dy, 3);
+    fill_uniform(y, 4);
+    fill_uniform(dx, 5);
+  }
+};
 
 inline double seconds_of(auto&& f) {
   const auto t0 = Clock::now();
