@@ -27,6 +27,18 @@
 #include "../../core/view.hpp"
 #include "context.hpp"
 
+// Register tiles are arrays indexed by loop counters: fully unrolled, they live in registers.
+// (nvcc's front end, which also reads host code, does not know the pragma: there it is left out
+// and the host compiler unrolls what it sees fit; the results are the same.)
+#define PEFT_SKINNY_PRAGMA(text) _Pragma(#text)
+#if defined(__CUDACC__)
+#define PEFT_SKINNY_UNROLL(n)
+#elif defined(__clang__)
+#define PEFT_SKINNY_UNROLL(n) PEFT_SKINNY_PRAGMA(unroll n)
+#else
+#define PEFT_SKINNY_UNROLL(n) PEFT_SKINNY_PRAGMA(GCC unroll n)
+#endif
+
 namespace peft::cpu {
 namespace detail {
 

@@ -30,31 +30,29 @@ PEFT_SKINNY_FN void rows_tile(index_t rows, index_t depth, const float* x, index
   const float* xr[R];
   for (int r = 0; r < R; ++r) xr[r] = x + std::min<index_t>(r, rows - 1) * ldx;
   Vec::V acc[R][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
+  PEFT_SKINNY_UNROLL(16)
+  for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(4)
+  for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
   const bool whole = cols >= NV * Vec::W;  // else the panel may end inside the last vector
   for (index_t kk = 0; kk < depth; ++kk) {
     const float* pk = panel + kk * ldp;
     Vec::V p[NV];
-#pragma GCC unroll 4
+    PEFT_SKINNY_UNROLL(4)
     for (int v = 0; v < NV; ++v)
       p[v] = whole ? Vec::load(pk + v * Vec::W) : Vec::load_n(pk + v * Vec::W, cols - v * Vec::W);
-#pragma GCC unroll 16
+    PEFT_SKINNY_UNROLL(16)
     for (int r = 0; r < R; ++r) {
       const Vec::V xb = Vec::set1(xr[r][kk]);
-#pragma GCC unroll 4
+      PEFT_SKINNY_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(xb, p[v], acc[r][v]);
     }
   }
   // Unrolled with constant indices, so that acc stays in registers.
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      if (r < rows && v * Vec::W < cols)
-        put(acc[r][v], c + r * ldc + v * Vec::W, cols - v * Vec::W, alpha, beta, first);
+  PEFT_SKINNY_UNROLL(16)
+  for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(4)
+  for (int v = 0; v < NV; ++v)
+    if (r < rows && v * Vec::W < cols)
+      put(acc[r][v], c + r * ldc + v * Vec::W, cols - v * Vec::W, alpha, beta, first);
 }
 
 /// Rows [r0, r1) of C[:, 0 .. cols) (+)= α x panel, in register tiles: a few rows at a time,
@@ -103,36 +101,33 @@ PEFT_SKINNY_FN void dots_tile(index_t rows, index_t count, index_t depth, const 
   const float* xr[R];
   for (int r = 0; r < R; ++r) xr[r] = x + std::min<index_t>(r, rows - 1) * ldx;
   Vec::V acc[R][J];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j) acc[r][j] = Vec::zero();
+  PEFT_SKINNY_UNROLL(8)
+  for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(8)
+  for (int j = 0; j < J; ++j) acc[r][j] = Vec::zero();
   const index_t whole = depth / Vec::W * Vec::W;
   for (index_t kk = 0; kk < depth; kk += Vec::W) {
     Vec::V xv[R], pv[J];
     if (kk < whole) {
-#pragma GCC unroll 8
+      PEFT_SKINNY_UNROLL(8)
       for (int r = 0; r < R; ++r) xv[r] = Vec::load(xr[r] + kk);
     } else {
-#pragma GCC unroll 8
+      PEFT_SKINNY_UNROLL(8)
       for (int r = 0; r < R; ++r) xv[r] = Vec::load_n(xr[r] + kk, depth - kk);
     }
-#pragma GCC unroll 8
+    PEFT_SKINNY_UNROLL(8)
     for (int j = 0; j < J; ++j) pv[j] = Vec::load(p + j * ldp + kk);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) acc[r][j] = Vec::fma(xv[r], pv[j], acc[r][j]);
+    PEFT_SKINNY_UNROLL(8)
+    for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(8)
+    for (int j = 0; j < J; ++j) acc[r][j] = Vec::fma(xv[r], pv[j], acc[r][j]);
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < J; ++j)
-      if (r < rows && j < count) {
-        float& out = c[r * ldc_r + j * ldc_j];
-        const float sum = alpha * Vec::sum(acc[r][j]);
-        out = !first ? out + sum : beta == 0.0f ? sum : sum + beta * out;
-      }
+  PEFT_SKINNY_UNROLL(8)
+  for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(8)
+  for (int j = 0; j < J; ++j)
+    if (r < rows && j < count) {
+      float& out = c[r * ldc_r + j * ldc_j];
+      const float sum = alpha * Vec::sum(acc[r][j]);
+      out = !first ? out + sum : beta == 0.0f ? sum : sum + beta * out;
+    }
 }
 
 /// tile[s][v W ..] += Σ_kk small[kk][s] · large[kk][v W ..] over k rows, for SN small columns
@@ -145,35 +140,33 @@ PEFT_SKINNY_FN void outer_tile(index_t k, const float* small, index_t lds, index
   index_t col[SN];
   for (int s = 0; s < SN; ++s) col[s] = std::min<index_t>(s, count - 1);
   Vec::V acc[SN][NV];
-#pragma GCC unroll 8
-  for (int s = 0; s < SN; ++s)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[s][v] = Vec::load(&tile[s][v * Vec::W]);
+  PEFT_SKINNY_UNROLL(8)
+  for (int s = 0; s < SN; ++s) PEFT_SKINNY_UNROLL(4)
+  for (int v = 0; v < NV; ++v) acc[s][v] = Vec::load(&tile[s][v * Vec::W]);
   const bool whole = width >= NV * Vec::W;
   for (index_t kk = 0; kk < k; ++kk) {
     const float* l = large + kk * ldl;
     // The walk goes down a column strip, one page per row: the hardware prefetchers do not
     // follow it, so the lines kOuterPrefetch rows ahead are asked for here.
     const float* ahead = l + std::min<index_t>(kOuterPrefetch, k - 1 - kk) * ldl;
-#pragma GCC unroll 4
+    PEFT_SKINNY_UNROLL(4)
     for (int v = 0; v < NV; ++v)
       _mm_prefetch(reinterpret_cast<const char*>(ahead + v * Vec::W), _MM_HINT_T0);
     Vec::V p[NV];
-#pragma GCC unroll 4
+    PEFT_SKINNY_UNROLL(4)
     for (int v = 0; v < NV; ++v)
       p[v] = whole ? Vec::load(l + v * Vec::W) : Vec::load_n(l + v * Vec::W, width - v * Vec::W);
     const float* sr = small + kk * lds;
-#pragma GCC unroll 8
+    PEFT_SKINNY_UNROLL(8)
     for (int s = 0; s < SN; ++s) {
       const Vec::V sb = Vec::set1(sr[col[s]]);
-#pragma GCC unroll 4
+      PEFT_SKINNY_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[s][v] = Vec::fma(sb, p[v], acc[s][v]);
     }
   }
-#pragma GCC unroll 8
-  for (int s = 0; s < SN; ++s)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) Vec::store(&tile[s][v * Vec::W], acc[s][v]);
+  PEFT_SKINNY_UNROLL(8)
+  for (int s = 0; s < SN; ++s) PEFT_SKINNY_UNROLL(4)
+  for (int v = 0; v < NV; ++v) Vec::store(&tile[s][v * Vec::W], acc[s][v]);
 }
 
 /// What skinny_gemm.hpp calls, one thread's share at a time (no vector types cross this line,
