@@ -129,10 +129,11 @@ TEST(SkinnyGemm, EveryShapeFamilyAgainstDoubleReference) {
           EXPECT_TRUE(
               check_case({Op::N, ob, l, s, kSkinnyMax + l2, alpha, beta, strided}, isa, gen));
         }
-        // few rows: C [s, l'] = X Yᵀ with l' and the depth above the small limit
+        // few rows: C [s, l'] = X op(Y) with l' and the depth above the small limit
         if (s <= peft::cpu::detail::kDotsMax) {
-          EXPECT_TRUE(check_case(
-              {Op::N, Op::T, s, kSkinnyMax + l, kSkinnyMax + l2, alpha, beta, strided}, isa, gen));
+          for (Op ob : {Op::N, Op::T})
+            EXPECT_TRUE(check_case(
+                {Op::N, ob, s, kSkinnyMax + l, kSkinnyMax + l2, alpha, beta, strided}, isa, gen));
         }
         // outer products, the small side A or B
         EXPECT_TRUE(
@@ -184,9 +185,9 @@ TEST(SkinnyGemm, ThreadCountDoesNotChangeABit) {
   // Large enough to run on several threads (above kSkinnyParallelFma).
   const index_t n = 300, in = 1100, r = 16;
   const std::tuple<Op, Op, index_t, index_t, index_t> shapes[] = {
-      {Op::N, Op::T, n, r, in},  {Op::N, Op::T, n, in, r},     {Op::T, Op::N, in, r, n},
-      {Op::N, Op::N, n, r, in},  {Op::T, Op::N, r, in, n},     {Op::N, Op::N, n, in, r},
-      {Op::N, Op::N, n, 64, in}, {Op::N, Op::T, r, in, 2 * in}};
+      {Op::N, Op::T, n, r, in},  {Op::N, Op::T, n, in, r},      {Op::T, Op::N, in, r, n},
+      {Op::N, Op::N, n, r, in},  {Op::T, Op::N, r, in, n},      {Op::N, Op::N, n, in, r},
+      {Op::N, Op::N, n, 64, in}, {Op::N, Op::T, r, in, 2 * in}, {Op::N, Op::N, r, in, 2 * in}};
   for (SkinnyIsa isa : isas())
     for (const auto& [oa, ob, m, nn, k] : shapes) {
       const index_t ar = oa == Op::N ? m : k, ac = oa == Op::N ? k : m;

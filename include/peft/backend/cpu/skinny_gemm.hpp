@@ -9,7 +9,7 @@
 //
 //   small_k  C[m, N] = α X[m, k] op(Y)[k, N] + β C   op_a = N, k small  (y += s xa Bᵀ, dx += dxa A)
 //   small_n  C[m, n] = α X[m, k] op(Y)[k, n] + β C   op_a = N, n small  (xa = x Aᵀ, dxa = s dy B)
-//   few rows C[m, n] = α X[m, k] Yᵀ + β C             op_b = T, m <= 32  (y = x W0ᵀ at n = 16)
+//   few rows C[m, n] = α X[m, k] op(Y) + β C          m <= 32    (x W0ᵀ and dy W0 at n = 16)
 //   outer    C = α Aᵀ B + β C, A [k, M], B [k, N]    op_a = T, op_b = N, M or N small
 //                                                                   (dA += dxaᵀ x, dB += s dyᵀ xa)
 //
@@ -258,6 +258,13 @@ bool skinny_gemm_with(Context<Cpu>& ctx, Op op_a, Op op_b, index_t m, index_t n,
     skinny_parallel(ctx, fmas, m, [&](index_t r0, index_t r1) {
       K::small_n(op_b, r0, r1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     });
+    return true;
+  }
+  if (op_a == Op::N && op_b == Op::N && m <= kDotsMax) {  // dy W0 at n = 16
+    skinny_parallel(ctx, fmas, (n + K::outer_block - 1) / K::outer_block,
+                    [&](index_t b0, index_t b1) {
+                      K::few_rows(b0, b1, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+                    });
     return true;
   }
   if (op_a == Op::T && op_b == Op::N && std::min(m, n) <= kSkinnyMax) {

@@ -230,6 +230,34 @@ struct Kernels {
     }
   }
 
+  /// few rows, op(Y) = Y: C = α X Y + β C with X [m, k], m <= kDotsMax, C's columns in blocks
+  /// [b0, b1) of outer_block. Y is walked in slices of kOuterDepth rows (Xᵀ's slice repacked on
+  /// the stack), each slice by every group of X's rows while it is in cache; C accumulates the
+  /// slices.
+  PEFT_SKINNY_FN static void few_rows(index_t b0, index_t b1, index_t m, index_t n, index_t k,
+                                      float alpha, const float* x, index_t ldx, const float* y,
+                                      index_t ldy, float beta, float* c, index_t ldc) {
+    constexpr int SN = kOuterSmall, NV = kOuterVectors;
+    alignas(64) float xt[kOuterDepth * kDotsMax];
+    for (index_t k0 = 0; k0 < k; k0 += kOuterDepth) {
+      const index_t depth = std::min(kOuterDepth, k - k0);
+      for (index_t kk = 0; kk < depth; ++kk)
+        for (index_t i = 0; i < m; ++i) xt[kk * m + i] = x[i * ldx + k0 + kk];
+      for (index_t blk = b0; blk < b1; ++blk) {
+        const index_t l0 = blk * outer_block, w = std::min(outer_block, n - l0);
+        for (index_t s0 = 0; s0 < m; s0 += SN) {
+          const index_t count = std::min<index_t>(SN, m - s0);
+          alignas(64) float tile[SN][outer_block] = {};
+          outer_tile<SN, NV>(depth, xt + s0, m, count, y + k0 * ldy + l0, ldy, w, tile);
+          for (index_t s = 0; s < count; ++s)
+            for (int v = 0; v < NV && v * Vec::W < w; ++v)
+              put(Vec::load(&tile[s][v * Vec::W]), c + (s0 + s) * ldc + l0 + v * Vec::W,
+                  w - v * Vec::W, alpha, beta, k0 == 0);
+        }
+      }
+    }
+  }
+
   /// outer, blocks [b0, b1) of outer_block columns of the large operand: C = α Aᵀ B + β C.
   PEFT_SKINNY_FN static void outer(index_t b0, index_t b1, bool small_is_a, index_t small_count,
                                    index_t large_count, index_t k, float alpha, const float* small,
