@@ -1,7 +1,8 @@
 // The CPU gemm primitive: fp32 on the gemm provider of this build, and 16-bit operands against
 // the same product in fp32.
 //
-//   BM_Gemm/case/n/in/out       peft::cpu::gemm in fp32 (the provider's speed), cases 0 and 1
+//   BM_Gemm/case/n/in/out       peft::cpu::gemm in fp32 (the provider's speed), cases 0 and 1,
+//                               vs cblas_sgemm of OpenBLAS where it is linked (vs_openblas)
 //   BM_Bf16Gemm/case/n/in/out   peft::cpu::gemm on Eigen::bfloat16 views  vs  the provider's sgemm
 //                               of the same shape on fp32 copies made once, outside the timing
 //
@@ -30,6 +31,10 @@
 #include <benchmark/benchmark.h>
 
 #include "bench_util.hpp"
+
+#if defined(PEFT_USE_BLAS)
+#include <cblas.h>
+#endif
 
 namespace {
 
@@ -102,6 +107,9 @@ void BM_Bf16Gemm(benchmark::State& state) {
 }
 
 /// The base products of a layer in fp32 through the provider: case 0 (x W0ᵀ) or 1 (dy W0).
+/// Where OpenBLAS is linked beside another provider (oneDNN), its cblas_sgemm of the same
+/// product alternates with the provider's in one loop: vs_openblas, the median per-iteration
+/// ratio, compares the two on a shared machine where separate runs drift apart.
 void BM_Gemm(benchmark::State& state) {
   const int which = int(state.range(0));
   const index_t n = state.range(1), in = state.range(2), out = state.range(3);
@@ -109,11 +117,25 @@ void BM_Gemm(benchmark::State& state) {
   Ctx& ctx = p.ctx;
   const auto af = as_const(p.af.view()), bf = as_const(p.bf.view());
   auto run = [&] { peft::cpu::gemm(ctx, p.op_a, p.op_b, 1.0, af, bf, 0.0, p.cf.view()); };
+  const double flops = 2.0 * double(n) * double(in) * double(out);
+#if defined(PEFT_USE_BLAS)
+  auto openblas = [&] {
+    const auto tb = p.op_b == Op::T ? CblasTrans : CblasNoTrans;
+    const index_t m = p.cf.rows(), nn = p.cf.cols(),
+                  k = p.op_b == Op::T ? p.bf.cols() : p.bf.rows();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, int(m), int(nn), int(k), 1.0f, p.af.data(),
+                int(p.af.cols()), p.bf.data(), int(p.bf.cols()), 0.0f, p.cf.data(), int(nn));
+  };
+  const Paired t = run_paired(state, run, openblas);
+  state.counters["vs_openblas"] = median_ratio(t);
+  state.counters["GFLOPS"] = flops / mean(t.subject) * 1e-9;
+#else
   run();  // untimed warm-up (page faults, the provider's buffers)
   std::vector<double> times;
   times.reserve(static_cast<std::size_t>(state.max_iterations));
   for (auto _ : state) times.push_back(seconds_of(run));
-  state.counters["GFLOPS"] = 2.0 * double(n) * double(in) * double(out) / mean(times) * 1e-9;
+  state.counters["GFLOPS"] = flops / mean(times) * 1e-9;
+#endif
 }
 
 void register_all() {
