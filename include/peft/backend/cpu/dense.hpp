@@ -1,11 +1,11 @@
 #pragma once
 // gemm on the CPU: C = alpha op(A) op(B) + beta C on row-major strided views, without copies.
 // float and double go to the gemm provider peft was built with (gemm_provider.hpp: OpenBLAS,
-// oneDNN, BLIS or Eigen). 16-bit inputs are staged through fp32 in the
-// Context's workspace so that they accumulate in fp32, as cuBLAS does on the GPU: panel by panel
-// along the inner dimension (or, for x W0ᵀ with few rows, by blocks of W0's rows), so the scratch
-// is at most (m + n) · 1024 floats however deep the product is (a frozen W0 is never copied
-// whole), plus an fp32 C [m, n] when C is 16-bit.
+// oneDNN, BLIS or Eigen). 16-bit inputs are staged through fp32 in the Context's workspace so
+// that they accumulate in fp32, as cuBLAS does on the GPU: panel by panel along the inner
+// dimension (or, for x W0ᵀ with few rows, by blocks of W0's rows), so the scratch is at most
+// (m + n) · 1024 floats however deep the product is (a frozen W0 is never copied whole), plus an
+// fp32 C [m, n] when C is 16-bit.
 
 #include <algorithm>
 #include <type_traits>
