@@ -262,19 +262,11 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_all();
-  benchmark::AddCustomContext("peft_blas",
-#if defined(PEFT_USE_BLAS)
-                              "cblas (OpenBLAS)"
-#else
-                              "Eigen"
-#endif
-  );
   benchmark::AddCustomContext("peft_threads", std::to_string(context().threads()));
+  add_provider_context();
 #if defined(PEFT_USE_BLAS)
   if (openblas_get_config != nullptr)
     benchmark::AddCustomContext("openblas_config", openblas_get_config());
-  if (openblas_get_corename != nullptr)
-    benchmark::AddCustomContext("openblas_core", openblas_get_corename());
 #endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -81,8 +81,9 @@ void BM_SkinnyGemm(benchmark::State& state) {
       state, [&] { skinny(ctx, p); },
       [&] {
         peft::cpu::detail::apply_threads(ctx);
-        peft::cpu::detail::gemm_native<float>(p.op_a, p.op_b, float(p.alpha), as_const(p.a.view()),
-                                              as_const(p.b.view()), float(p.beta), p.c.view(), p.k);
+        peft::cpu::detail::provider_gemm<float>(ctx.threads(), p.op_a, p.op_b, float(p.alpha),
+                                                as_const(p.a.view()), as_const(p.b.view()),
+                                                float(p.beta), p.c.view(), p.k);
       });
   state.counters["vs_provider"] = median_ratio(t);
   state.counters["GFLOPS"] = 2.0 * double(p.m) * double(p.n) * double(p.k) / mean(t.subject) * 1e-9;
@@ -135,6 +136,7 @@ int main(int argc, char** argv) {
                                             : isa == peft::cpu::detail::SkinnyIsa::avx2 ? "avx2"
                                                                                         : "none");
   benchmark::AddCustomContext("peft_threads", std::to_string(Ctx().threads()));
+  add_provider_context();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

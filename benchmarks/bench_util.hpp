@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -95,6 +96,22 @@ Paired run_paired(benchmark::State& state, Subject&& subject, Reference&& refere
     t.reference.push_back(tr);
   }
   return t;
+}
+
+/// Records the gemm provider of this build and the kernel it runs on this CPU in the JSON
+/// context: peft_gemm_provider, peft_gemm_kernel, dnnl_version / blis_arch for those providers,
+/// and openblas_core whenever OpenBLAS is linked (the provider, or the double gemm beside oneDNN).
+inline void add_provider_context() {
+  const std::string provider = peft::cpu::gemm_provider_name();
+  const std::string kernel = peft::cpu::gemm_provider_kernel();
+  benchmark::AddCustomContext("peft_gemm_provider", provider);
+  benchmark::AddCustomContext("peft_gemm_kernel", kernel);
+  if (provider == "onednn") benchmark::AddCustomContext("dnnl_version", kernel);
+  if (provider == "blis") benchmark::AddCustomContext("blis_arch", kernel);
+#if defined(PEFT_USE_BLAS)
+  if (openblas_get_corename != nullptr)
+    benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+#endif
 }
 
 }  // namespace peft::bench

@@ -11,11 +11,7 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/peft" TYPE INCLUDE
   FILES_MATCHING PATTERN "*.hpp" PATTERN "*.inl" PATTERN "*.h" PATTERN "*.cuh")
 # What peftConfig.cmake must find again for the consumer: see peftConfig.cmake.in.
 set(peft_export_targets peft)
-set(peft_config_blas FALSE)
 set(peft_config_cuda FALSE)
-if(PEFT_USE_BLAS)
-  set(peft_config_blas TRUE)
-endif()
 if(TARGET peft_cuda)  # cmake/cuda.cmake: peft::cuda
   list(APPEND peft_export_targets peft_cuda)
   set(peft_config_cuda TRUE)

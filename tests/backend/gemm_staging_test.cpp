@@ -167,7 +167,13 @@ TEST(GemmStaging, WarmCallsAllocateNothing) {
     news = count.count();
   }
   EXPECT_EQ(ctx.workspace().allocations(), warm);
+#if defined(PEFT_GEMM_PROVIDER_ONEDNN)
+  // oneDNN's dnnl_sgemm itself calls operator new on every call (README: "Choosing the GEMM
+  // provider"); the staging's own scratch is the workspace's, checked above.
+  EXPECT_GT(news, 0) << "dnnl_sgemm no longer allocates: drop this exception";
+#else
   EXPECT_EQ(news, 0) << "operator new was called during warm 16-bit gemm calls";
+#endif
 }
 
 std::vector<int>* volatile g_escape = nullptr;  // keeps the allocations below observable

@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 
 #include "allocation_counter.hpp"
 #include "conformance.hpp"
@@ -303,6 +304,11 @@ TYPED_TEST_P(Conformance, NoAllocationAfterPreallocate) {
   const AllocationCount after = count_allocations();
   EXPECT_EQ(ctx.workspace().allocations(), workspace);
   EXPECT_EQ(after.backend, before.backend);
+#if defined(PEFT_GEMM_PROVIDER_ONEDNN)
+  // oneDNN's dnnl_sgemm calls operator new on every call (README: "Choosing the GEMM provider");
+  // double runs on OpenBLAS there.
+  if (!std::is_same_v<T, double>) return;
+#endif
   EXPECT_EQ(after.heap, before.heap);
 }
 

@@ -19,6 +19,7 @@ foreach(mode IN ITEMS find_package subdirectory fetchcontent)
       "-DCONFIG=$<CONFIG>"
       "-DPREFIX_PATH=${peft_consumer_prefix_path}"
       "-DEXPECT_USE_BLAS=${PEFT_USE_BLAS}"
+      "-DEXPECT_GEMM_PROVIDER=${peft_provider}"
       "-DEXPECT_CUDA=$<IF:$<TARGET_EXISTS:peft_cuda>,ON,OFF>"
       "-DCUDA_COMPILER=${CMAKE_CUDA_COMPILER}"
       -P "${CMAKE_CURRENT_LIST_DIR}/run_consumer.cmake")

@@ -1,6 +1,7 @@
 # cmake -P script behind the package.* tests: (install,) configure, build and run the consumer.
 # Inputs: MODE, PEFT_SOURCE_DIR, PEFT_BINARY_DIR, CONSUMER_DIR, WORK_DIR, GENERATOR,
-# CXX_COMPILER, CONFIG, PREFIX_PATH ("|"-separated), EXPECT_USE_BLAS, EXPECT_CUDA, CUDA_COMPILER.
+# CXX_COMPILER, CONFIG, PREFIX_PATH ("|"-separated), EXPECT_USE_BLAS, EXPECT_GEMM_PROVIDER,
+# EXPECT_CUDA, CUDA_COMPILER.
 
 function(run)
   execute_process(COMMAND ${ARGV} COMMAND_ECHO STDOUT RESULT_VARIABLE result)
@@ -12,7 +13,8 @@ endfunction()
 file(REMOVE_RECURSE "${WORK_DIR}")
 string(REPLACE "|" ";" prefix_path "${PREFIX_PATH}")
 set(options -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DPEFT_CONSUMER_MODE=${MODE}
-            -DPEFT_EXPECT_USE_BLAS=${EXPECT_USE_BLAS} -DPEFT_EXPECT_CUDA=${EXPECT_CUDA})
+            -DPEFT_EXPECT_USE_BLAS=${EXPECT_USE_BLAS} -DPEFT_EXPECT_CUDA=${EXPECT_CUDA}
+            -DPEFT_EXPECT_GEMM_PROVIDER=${EXPECT_GEMM_PROVIDER})
 set(config_args)
 if(CONFIG)
   list(APPEND options -DCMAKE_BUILD_TYPE=${CONFIG})
@@ -25,8 +27,8 @@ if(MODE STREQUAL "find_package")
   list(PREPEND prefix_path "${prefix}")
   list(APPEND options "-DPEFT_EXPECT_PREFIX=${prefix}")
 else()  # peft is configured inside the consumer, with the options of this build
-  list(APPEND options "-DPEFT_SOURCE_DIR=${PEFT_SOURCE_DIR}" -DPEFT_USE_BLAS=${EXPECT_USE_BLAS}
-                      -DPEFT_ENABLE_CUDA=${EXPECT_CUDA})
+  list(APPEND options "-DPEFT_SOURCE_DIR=${PEFT_SOURCE_DIR}"
+                      -DPEFT_GEMM_PROVIDER=${EXPECT_GEMM_PROVIDER} -DPEFT_ENABLE_CUDA=${EXPECT_CUDA})
   if(EXPECT_CUDA AND CUDA_COMPILER)
     list(APPEND options "-DCMAKE_CUDA_COMPILER=${CUDA_COMPILER}")
   endif()

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <string_view>
 
 int main() try {
 #if defined(PEFT_EXPECT_USE_BLAS)
@@ -16,6 +17,13 @@ int main() try {
 #endif
   if (has_blas != bool(PEFT_EXPECT_USE_BLAS)) {
     std::fprintf(stderr, "PEFT_USE_BLAS did not reach the consumer as built\n");
+    return 1;
+  }
+#endif
+#if defined(PEFT_EXPECT_GEMM_PROVIDER)
+  if (std::string_view(peft::cpu::gemm_provider_name()) != PEFT_EXPECT_GEMM_PROVIDER) {
+    std::fprintf(stderr, "gemm provider %s, built with %s\n", peft::cpu::gemm_provider_name(),
+                 PEFT_EXPECT_GEMM_PROVIDER);
     return 1;
   }
 #endif

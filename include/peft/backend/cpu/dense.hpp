@@ -1,14 +1,14 @@
 #pragma once
 // gemm on the CPU: C = alpha op(A) op(B) + beta C on row-major strided views, without copies.
-// float and double go to cblas_?gemm when PEFT_USE_BLAS is defined (set by the CMake target when
-// a system BLAS is found), otherwise to Eigen. 16-bit inputs are staged through fp32 in the
-// Context's workspace so that they accumulate in fp32, as cuBLAS does on the GPU: panel by panel
-// along the inner dimension (or, for x W0ᵀ with few rows, by blocks of W0's rows), so the scratch
-// is at most (m + n) · 1024 floats however deep the product is (a frozen W0 is never copied
+// float products with one dimension up to 128 (r-wide) go to the skinny kernels
+// (skinny_gemm.hpp); the rest of float and double to the gemm provider peft was built with
+// (gemm_provider.hpp: OpenBLAS, oneDNN, BLIS or Eigen). 16-bit inputs are staged through fp32 in
+// the Context's workspace so that they accumulate in fp32, as cuBLAS does on the GPU: panel by
+// panel along the inner dimension (or, for x W0ᵀ with few rows, by blocks of W0's rows), so the
+// scratch is at most (m + n) · 1024 floats however deep the product is (a frozen W0 is never copied
 // whole), plus an fp32 C [m, n] when C is 16-bit.
 
 #include <algorithm>
-#include <climits>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -17,72 +17,19 @@
 #include "../checks.hpp"
 #include "context.hpp"
 #include "eigen_interop.hpp"
+#include "gemm_provider.hpp"
 #include "skinny_gemm.hpp"
-
-#if defined(PEFT_USE_BLAS)
-#include <cblas.h>
-// OpenBLAS's own thread control; weak so that other BLAS libraries still link.
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-#endif
 
 namespace peft::cpu {
 namespace detail {
 
-/// Sends the Context's thread count to Eigen and the BLAS (only when it changed).
+/// Sends the Context's thread count to Eigen and the gemm provider (only when it changed).
 inline void apply_threads(Context<Cpu>& ctx) {
   static thread_local int applied = -1;
   if (applied == ctx.threads()) return;
   applied = ctx.threads();
   Eigen::setNbThreads(ctx.threads());
-#if defined(PEFT_USE_BLAS)
-  if (openblas_set_num_threads != nullptr) openblas_set_num_threads(ctx.threads());
-#endif
-}
-
-inline int blas_int(index_t v, const char* what) {
-  PEFT_CHECK_SHAPE(v <= INT_MAX, "gemm: ", what, " = ", v, " exceeds the BLAS int range");
-  return static_cast<int>(v);
-}
-
-template <class T>
-void gemm_eigen(Op op_a, Op op_b, T alpha, MatrixView<const T, Cpu> a, MatrixView<const T, Cpu> b,
-                T beta, MatrixView<T, Cpu> c) {
-  auto cm = eigen_map(c);
-  const auto am = eigen_map(a);
-  const auto bm = eigen_map(b);
-  if (beta == T(0)) {
-    cm.setZero();
-  } else if (beta != T(1)) {
-    cm *= beta;
-  }
-  if (op_a == Op::N && op_b == Op::N) cm.noalias() += alpha * (am * bm);
-  if (op_a == Op::N && op_b == Op::T) cm.noalias() += alpha * (am * bm.transpose());
-  if (op_a == Op::T && op_b == Op::N) cm.noalias() += alpha * (am.transpose() * bm);
-  if (op_a == Op::T && op_b == Op::T) cm.noalias() += alpha * (am.transpose() * bm.transpose());
-}
-
-template <class T>
-void gemm_native(Op op_a, Op op_b, T alpha, MatrixView<const T, Cpu> a, MatrixView<const T, Cpu> b,
-                 T beta, MatrixView<T, Cpu> c, index_t k) {
-#if defined(PEFT_USE_BLAS)
-  const auto ta = op_a == Op::N ? CblasNoTrans : CblasTrans;
-  const auto tb = op_b == Op::N ? CblasNoTrans : CblasTrans;
-  const int m = blas_int(c.rows(), "rows of C"), n = blas_int(c.cols(), "cols of C");
-  const int kk = blas_int(k, "inner dimension");
-  const int lda = blas_int(a.stride() > 0 ? a.stride() : 1, "stride of A");
-  const int ldb = blas_int(b.stride() > 0 ? b.stride() : 1, "stride of B");
-  const int ldc = blas_int(c.stride() > 0 ? c.stride() : 1, "stride of C");
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, kk, alpha, a.data(), lda, b.data(), ldb, beta,
-                c.data(), ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, kk, alpha, a.data(), lda, b.data(), ldb, beta,
-                c.data(), ldc);
-  }
-#else
-  (void)k;
-  gemm_eigen<T>(op_a, op_b, alpha, a, b, beta, c);
-#endif
+  set_provider_threads(ctx.threads());
 }
 
 /// Depth of the fp32 panels the 16-bit gemm stages its operands in, along the inner dimension.
@@ -183,7 +130,8 @@ void gemm(Context<Cpu>& ctx, Op op_a, Op op_b, double alpha, MatrixView<TA, Cpu>
                               c, k))
         return;
     }
-    detail::gemm_native<T>(op_a, op_b, static_cast<T>(alpha), a, b, static_cast<T>(beta), c, k);
+    detail::provider_gemm<T>(ctx.threads(), op_a, op_b, static_cast<T>(alpha), a, b,
+                             static_cast<T>(beta), c, k);
   } else {
     // C = beta C + sum over panels p of alpha op(A)[:, p] op(B)[p, :], accumulated in fp32.
     typename peft::detail::Workspace<Cpu>::Frame frame(ctx.workspace());
