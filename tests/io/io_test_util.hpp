@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <peft/io/peft_format.hpp>
@@ -47,6 +48,35 @@ class TempDir {
  private:
   fs::path path_;
 };
+
+using json = nlohmann::ordered_json;
+
+/// Frozen layers of the given [out, in] shapes (stored [in, out] with fan_in_fan_out), owned,
+/// by module name: random weights and biases, the same for the same names and shapes.
+template <class T>
+struct OwnedBase {
+  std::vector<std::string> names;
+  std::vector<Matrix<T, Cpu>> weights, biases;
+  BaseModel<T, Cpu> model;
+
+  OwnedBase(std::vector<std::string> modules, std::vector<std::pair<index_t, index_t>> shapes,
+            bool fan_in_fan_out = false)
+      : names(std::move(modules)) {
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const auto [out, in] = shapes[i];
+      weights.push_back(fan_in_fan_out ? random_matrix<T>(in, out, 1 + std::uint32_t(i))
+                                       : random_matrix<T>(out, in, 1 + std::uint32_t(i)));
+      biases.push_back(random_matrix<T>(1, out, 100 + std::uint32_t(i)));
+    }
+    for (std::size_t i = 0; i < names.size(); ++i)
+      model[names[i]] = {weights[i].view(),
+                         VectorView<const T, Cpu>(biases[i].data(), biases[i].cols())};
+  }
+};
+
+/// An attention and an MLP projection: the modules of the NOLA and LoRA-XS checkpoint tests.
+inline const std::vector<std::string> kTwoModules = {"model.layers.0.self_attn.q_proj",
+                                                     "model.layers.0.mlp.down_proj"};
 
 inline fs::path data_dir() {
   return fs::path(PEFT_TEST_DATA_DIR);

@@ -12,38 +12,13 @@
 
 #include <cstdlib>
 #include <sstream>
+#include <utility>
 
 #include "io/io_test_util.hpp"
 
 namespace peft::test {
 namespace {
 
-using json = nlohmann::ordered_json;
-
-/// Frozen layers of the given [out, in] shapes (stored [in, out] with fan_in_fan_out), owned.
-template <class T>
-struct Base {
-  std::vector<std::string> names;
-  std::vector<Matrix<T, Cpu>> weights, biases;
-  BaseModel<T, Cpu> model;
-
-  Base(std::vector<std::string> modules, std::vector<std::pair<index_t, index_t>> shapes,
-       bool fan_in_fan_out = false)
-      : names(std::move(modules)) {
-    for (std::size_t i = 0; i < names.size(); ++i) {
-      const auto [out, in] = shapes[i];
-      weights.push_back(fan_in_fan_out ? random_matrix<T>(in, out, 1 + std::uint32_t(i))
-                                       : random_matrix<T>(out, in, 1 + std::uint32_t(i)));
-      biases.push_back(random_matrix<T>(1, out, 100 + std::uint32_t(i)));
-    }
-    for (std::size_t i = 0; i < names.size(); ++i)
-      model[names[i]] = {weights[i].view(),
-                         VectorView<const T, Cpu>(biases[i].data(), biases[i].cols())};
-  }
-};
-
-const std::vector<std::string> kModules = {"model.layers.0.self_attn.q_proj",
-                                           "model.layers.0.mlp.down_proj"};
 const std::vector<std::pair<index_t, index_t>> kShapes = {{6, 9}, {8, 5}};
 
 NolaConfig nola_config(bool fan_in_fan_out = false) {
@@ -142,24 +117,36 @@ class ExportAsLora : public ::testing::Test {};
 using Types = ::testing::Types<float, Eigen::bfloat16>;
 TYPED_TEST_SUITE(ExportAsLora, Types);
 
+/// Builds a `Layer` with `config` over every module of `base`, randomises it, exports it and
+/// reloads the export (export_and_reload's checks), then checks the export's config: LORA, r,
+/// `lora_alpha`, fan_in_fan_out and the base's name. Returns the set and the reloaded LoRA set.
+template <template <class, class> class Layer, class T, class Config>
+std::pair<AdapterSet<T, Cpu>, AdapterSet<T, Cpu>> export_every_module(HostCtx& ctx,
+                                                                      const OwnedBase<T>& base,
+                                                                      const Config& config,
+                                                                      std::uint32_t seed,
+                                                                      double lora_alpha) {
+  AdapterSet<T, Cpu> set;
+  for (const auto& m : base.names) set.template add<Layer>(ctx, m, base.model.at(m), config);
+  randomise(ctx, set, seed);
+  TempDir dir;
+  auto lora = export_and_reload(ctx, set, base.model, dir.path());
+  const json c = json::parse(read_text(dir / "adapter_config.json"));
+  EXPECT_EQ(c["peft_type"], "LORA");
+  EXPECT_EQ(c["r"], config.r);
+  EXPECT_EQ(c["lora_alpha"], lora_alpha);
+  EXPECT_EQ(c["fan_in_fan_out"], config.fan_in_fan_out);
+  EXPECT_EQ(c["base_model_name_or_path"], "base");
+  return {std::move(set), std::move(lora)};
+}
+
 TYPED_TEST(ExportAsLora, NolaLoadsAsLoraWithTheSameOutputs) {
   using T = TypeParam;
   for (bool fan_in_fan_out : {false, true}) {
     SCOPED_TRACE(fan_in_fan_out ? "fan_in_fan_out" : "[out, in]");
     HostCtx ctx;
-    Base<T> base(kModules, kShapes, fan_in_fan_out);
-    AdapterSet<T, Cpu> set;
-    for (const auto& m : kModules)
-      set.template add<Nola>(ctx, m, base.model.at(m), nola_config(fan_in_fan_out));
-    randomise(ctx, set, 3);
-    TempDir dir;
-    export_and_reload(ctx, set, base.model, dir.path());
-    const json c = json::parse(read_text(dir / "adapter_config.json"));
-    EXPECT_EQ(c["peft_type"], "LORA");
-    EXPECT_EQ(c["r"], 3);
-    EXPECT_EQ(c["lora_alpha"], 6);
-    EXPECT_EQ(c["fan_in_fan_out"], fan_in_fan_out);
-    EXPECT_EQ(c["base_model_name_or_path"], "base");
+    OwnedBase<T> base(kTwoModules, kShapes, fan_in_fan_out);
+    export_every_module<Nola>(ctx, base, nola_config(fan_in_fan_out), 3, 6);
   }
 }
 
@@ -168,20 +155,12 @@ TYPED_TEST(ExportAsLora, LoraXsLoadsAsLoraWithTheSameOutputs) {
   for (bool fan_in_fan_out : {false, true}) {
     SCOPED_TRACE(fan_in_fan_out ? "fan_in_fan_out" : "[out, in]");
     HostCtx ctx;
-    Base<T> base(kModules, kShapes, fan_in_fan_out);
-    AdapterSet<T, Cpu> set;
-    for (const auto& m : kModules)
-      set.template add<LoraXs>(ctx, m, base.model.at(m), lora_xs_config(fan_in_fan_out));
-    randomise(ctx, set, 4);
-    TempDir dir;
-    auto lora = export_and_reload(ctx, set, base.model, dir.path());
-    const json c = json::parse(read_text(dir / "adapter_config.json"));
-    EXPECT_EQ(c["peft_type"], "LORA");
-    EXPECT_EQ(c["r"], 3);
-    EXPECT_EQ(c["lora_alpha"], 16);  // s = 16 / 3, as the LoRA-XS layer's
-    EXPECT_EQ(c["fan_in_fan_out"], fan_in_fan_out);
+    OwnedBase<T> base(kTwoModules, kShapes, fan_in_fan_out);
+    // lora_alpha 16: s = 16 / 3, as the LoRA-XS layer's.
+    auto [set, lora] =
+        export_every_module<LoraXs>(ctx, base, lora_xs_config(fan_in_fan_out), 4, 16);
     // lora_B is U_r itself, lora_A is R Σ_r V_rᵀ.
-    for (const auto& m : kModules) {
+    for (const auto& m : kTwoModules) {
       auto& xs = std::get<LoraXs<T, Cpu>>(set.at(m));
       EXPECT_TRUE(bitwise_equal(as_const(lora.template get<Lora<T, Cpu>>(m).parameters()[1].value),
                                 xs.frozen_b()));
@@ -192,17 +171,17 @@ TYPED_TEST(ExportAsLora, LoraXsLoadsAsLoraWithTheSameOutputs) {
 // r and lora_alpha per module (rank_pattern / alpha_pattern), NOLA and LoRA-XS side by side.
 TEST(ExportAsLoraMixed, EachModuleKeepsItsRankAndScaling) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   AdapterSet<float, Cpu> set;
-  set.template add<Nola>(ctx, kModules[0], base.model.at(kModules[0]), nola_config());
+  set.template add<Nola>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]), nola_config());
   auto xs = lora_xs_config();
   xs.r = 2;
   xs.alpha = 5;
-  set.template add<LoraXs>(ctx, kModules[1], base.model.at(kModules[1]), xs);
+  set.template add<LoraXs>(ctx, kTwoModules[1], base.model.at(kTwoModules[1]), xs);
   randomise(ctx, set, 5);
   TempDir dir;
   auto lora = export_and_reload(ctx, set, base.model, dir.path());
-  EXPECT_EQ((lora.get<Lora<float, Cpu>>(kModules[1]).scaling()), 2.5);
+  EXPECT_EQ((lora.get<Lora<float, Cpu>>(kTwoModules[1]).scaling()), 2.5);
 }
 
 TEST(ExportAsLoraMixed, ScalingOtherThanAlphaOverRIsFoldedIntoLoraAlpha) {
@@ -224,31 +203,31 @@ TEST(ExportAsLoraMixed, ScalingOtherThanAlphaOverRIsFoldedIntoLoraAlpha) {
 
 TEST(ExportAsLoraMixed, RefusesLayersWithoutEffectiveFactors) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   TempDir dir;
   AdapterSet<float, Cpu> empty;
   expect_error([&] { export_as_lora(dir.path(), empty, ctx); }, ErrorKind::invalid_argument,
                {"export_as_lora", "empty"});
   AdapterSet<float, Cpu> mixed;
-  mixed.template add<Nola>(ctx, kModules[0], base.model.at(kModules[0]), nola_config());
-  mixed.template add<Lora>(ctx, kModules[1], base.model.at(kModules[1]), {.r = 2});
+  mixed.template add<Nola>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]), nola_config());
+  mixed.template add<Lora>(ctx, kTwoModules[1], base.model.at(kTwoModules[1]), {.r = 2});
   expect_error([&] { export_as_lora(dir / "mixed", mixed, ctx); }, ErrorKind::invalid_argument,
-               {"export_as_lora", kModules[1], "Lora layer", "no effective low-rank factors"});
+               {"export_as_lora", kTwoModules[1], "Lora layer", "no effective low-rank factors"});
   AdapterSet<float, Cpu> rosa;
-  rosa.template add<Rosa>(ctx, kModules[0], base.model.at(kModules[0]),
+  rosa.template add<Rosa>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]),
                           {.lora = {.r = 2}, .density = 0.1});
   expect_error([&] { export_as_lora(dir / "rosa", rosa, ctx); }, ErrorKind::invalid_argument,
-               {"export_as_lora", kModules[0], "Rosa layer"});
+               {"export_as_lora", kTwoModules[0], "Rosa layer"});
   EXPECT_FALSE(fs::exists(dir / "mixed"));
   EXPECT_FALSE(fs::exists(dir / "rosa"));
   // Modules that disagree on what adapter_config.json holds once: save_adapter's refusal.
   AdapterSet<float, Cpu> dropouts;
   auto other = nola_config();
   other.dropout = 0.2;
-  dropouts.template add<Nola>(ctx, kModules[0], base.model.at(kModules[0]), nola_config());
-  dropouts.template add<Nola>(ctx, kModules[1], base.model.at(kModules[1]), other);
+  dropouts.template add<Nola>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]), nola_config());
+  dropouts.template add<Nola>(ctx, kTwoModules[1], base.model.at(kTwoModules[1]), other);
   expect_error([&] { export_as_lora(dir / "dropouts", dropouts, ctx); },
-               ErrorKind::invalid_argument, {kModules[1], "lora_dropout"});
+               ErrorKind::invalid_argument, {kTwoModules[1], "lora_dropout"});
 }
 
 // ---- Over the golden cases' bases, for Hugging Face PEFT ------------------------------------

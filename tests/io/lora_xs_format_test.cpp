@@ -10,29 +10,6 @@
 namespace peft::test {
 namespace {
 
-using json = nlohmann::ordered_json;
-
-/// Frozen layers of the given [out, in] shapes, owned, by module name.
-template <class T>
-struct Base {
-  std::vector<std::string> names;
-  std::vector<Matrix<T, Cpu>> weights, biases;
-  BaseModel<T, Cpu> model;
-
-  Base(std::vector<std::string> modules, std::vector<std::pair<index_t, index_t>> shapes)
-      : names(std::move(modules)) {
-    for (std::size_t i = 0; i < names.size(); ++i) {
-      weights.push_back(random_matrix<T>(shapes[i].first, shapes[i].second, 1 + std::uint32_t(i)));
-      biases.push_back(random_matrix<T>(1, shapes[i].first, 100 + std::uint32_t(i)));
-    }
-    for (std::size_t i = 0; i < names.size(); ++i)
-      model[names[i]] = {weights[i].view(),
-                         VectorView<const T, Cpu>(biases[i].data(), biases[i].cols())};
-  }
-};
-
-const std::vector<std::string> kModules = {"model.layers.0.self_attn.q_proj",
-                                           "model.layers.0.mlp.down_proj"};
 const std::vector<std::pair<index_t, index_t>> kShapes = {{6, 9}, {8, 5}};
 
 LoraXsConfig config() {
@@ -41,7 +18,8 @@ LoraXsConfig config() {
 
 /// LoRA-XS over every module of `base`, R random.
 template <class T>
-AdapterSet<T, Cpu> make_set(HostCtx& ctx, const Base<T>& base, const LoraXsConfig& c = config()) {
+AdapterSet<T, Cpu> make_set(HostCtx& ctx, const OwnedBase<T>& base,
+                            const LoraXsConfig& c = config()) {
   AdapterSet<T, Cpu> set;
   for (const auto& name : base.names) set.template add<LoraXs>(ctx, name, base.model.at(name), c);
   std::mt19937 gen(3);
@@ -91,7 +69,7 @@ template <class T>
 class LoraXsCheckpoint : public ::testing::Test {
  protected:
   HostCtx ctx;
-  Base<T> base{kModules, kShapes};
+  OwnedBase<T> base{kTwoModules, kShapes};
 };
 using ModelTypes = ::testing::Types<float, Eigen::bfloat16>;
 TYPED_TEST_SUITE(LoraXsCheckpoint, ModelTypes);
@@ -109,8 +87,8 @@ TYPED_TEST(LoraXsCheckpoint, StoredFactorsRoundTrip) {
   EXPECT_EQ(c["svd"]["power_iterations"], 3);
   EXPECT_EQ(c["svd"]["algorithm"], "randomized_range_finder");
   const auto reader = SafetensorsReader::open(dir / "adapter_model.safetensors");
-  EXPECT_NE(reader.find(tensor_key(kModules[0], "lora_A.weight")), nullptr);
-  EXPECT_NE(reader.find(tensor_key(kModules[1], "lora_B.weight")), nullptr);
+  EXPECT_NE(reader.find(tensor_key(kTwoModules[0], "lora_A.weight")), nullptr);
+  EXPECT_NE(reader.find(tensor_key(kTwoModules[1], "lora_B.weight")), nullptr);
 
   auto loaded = load_adapter(dir.path(), this->base.model, this->ctx);
   for (const auto& module : loaded.modules())
@@ -127,7 +105,7 @@ TYPED_TEST(LoraXsCheckpoint, RegeneratedFactorsRoundTrip) {
                LoraXsSaveOptions{.factors = LoraXsFactorStorage::regenerated});
   EXPECT_EQ(read_json(dir / "adapter_config.json")["frozen_factors"], "regenerated");
   const auto reader = SafetensorsReader::open(dir / "adapter_model.safetensors");
-  EXPECT_EQ(reader.tensors().size(), kModules.size()) << "R alone per module";
+  EXPECT_EQ(reader.tensors().size(), kTwoModules.size()) << "R alone per module";
 
   auto loaded = load_adapter(dir.path(), this->base.model, this->ctx);
   for (const auto& module : loaded.modules())
@@ -138,7 +116,7 @@ TYPED_TEST(LoraXsCheckpoint, RegeneratedFactorsRoundTrip) {
 // A 16-bit file: R and the factors rounded once, the loaded layer within bf16 rounding.
 TEST(LoraXsCheckpointFiles, Bf16FileOfAFloatModel) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   auto set = make_set(ctx, base);
   TempDir dir;
   save_adapter(dir.path(), set, ctx, {.dtype = SafetensorsDtype::BF16});
@@ -155,32 +133,33 @@ TEST(LoraXsCheckpointFiles, Bf16FileOfAFloatModel) {
 
 TEST(LoraXsCheckpointFiles, SaveRefusals) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   TempDir dir;
   {  // Layers that differ in what the config holds once.
     AdapterSet<float, Cpu> set;
-    set.add<LoraXs>(ctx, kModules[0], base.model.at(kModules[0]), config());
+    set.add<LoraXs>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]), config());
     auto other = config();
     other.svd.power_iterations = 4;
-    set.add<LoraXs>(ctx, kModules[1], base.model.at(kModules[1]), other);
+    set.add<LoraXs>(ctx, kTwoModules[1], base.model.at(kTwoModules[1]), other);
     expect_error([&] { save_adapter(dir / "a", set, ctx); }, ErrorKind::invalid_argument,
                  {"differs", "SVD options"});
   }
   {  // Given factors cannot be regenerated.
     AdapterSet<float, Cpu> set;
-    auto& w = base.model.at(kModules[0]);
+    auto& w = base.model.at(kTwoModules[0]);
     Matrix<float, Cpu> a = random_matrix<float>(3, 9, 1), b = random_matrix<float>(6, 3, 2);
-    set.add(kModules[0], LoraXs<float, Cpu>(ctx, w.weight, config(),
-                                            LoraXsFrozenFactors<float, Cpu>(a.view(), b.view())));
+    set.add(kTwoModules[0],
+            LoraXs<float, Cpu>(ctx, w.weight, config(),
+                               LoraXsFrozenFactors<float, Cpu>(a.view(), b.view())));
     expect_error(
         [&] {
           save_adapter(dir / "b", set, ctx, {},
                        LoraXsSaveOptions{.factors = LoraXsFactorStorage::regenerated});
         },
-        ErrorKind::invalid_argument, {kModules[0], "given, not computed", "stored"});
+        ErrorKind::invalid_argument, {kTwoModules[0], "given, not computed", "stored"});
     save_adapter(dir / "c", set, ctx);  // stored: fine
     auto loaded = load_adapter(dir / "c", base.model, ctx);
-    EXPECT_TRUE(bitwise_equal(layer_of(loaded, kModules[0]).frozen_a(), as_const(a.view())));
+    EXPECT_TRUE(bitwise_equal(layer_of(loaded, kTwoModules[0]).frozen_a(), as_const(a.view())));
   }
 }
 
@@ -223,7 +202,7 @@ class LoraXsLoadRefusals : public ::testing::Test {
   }
 
   HostCtx ctx;
-  Base<float> base{kModules, kShapes};
+  OwnedBase<float> base{kTwoModules, kShapes};
 };
 
 TEST_F(LoraXsLoadRefusals, ConfigFields) {
@@ -247,18 +226,29 @@ TEST_F(LoraXsLoadRefusals, ConfigFields) {
 
 TEST_F(LoraXsLoadRefusals, Tensors) {
   const auto same = [](json&) {};
-  expect_refused(same, copy_tensors("lora_xs_R"), {kModules[0], "it has no lora_xs_R"});
+  expect_refused(same, copy_tensors("lora_xs_R"), {kTwoModules[0], "it has no lora_xs_R"});
   expect_refused(same, copy_tensors("lora_A.weight"), {"it has no lora_A.weight"});
   Matrix<float, Cpu> wrong(3, 4);
-  expect_refused(same, copy_tensors("", kModules[0] + ".lora_xs_R", &wrong),
+  expect_refused(same, copy_tensors("", kTwoModules[0] + ".lora_xs_R", &wrong),
                  {"lora_xs_R is [3, 4], expected [3, 3]"});
   Matrix<float, Cpu> infinite(3, 9);
   infinite.data()[5] = std::numeric_limits<float>::infinity();
-  expect_refused(same, copy_tensors("", kModules[0] + ".lora_A.weight", &infinite),
+  expect_refused(same, copy_tensors("", kTwoModules[0] + ".lora_A.weight", &infinite),
                  {"lora_A.weight holds a non-finite value"});
   // Regenerated files hold R alone.
   expect_refused([](json& c) { c["frozen_factors"] = "regenerated"; }, copy_tensors(),
                  {"frozen_factors is \"regenerated\", yet the file holds lora_A.weight"});
+}
+
+TEST_F(LoraXsLoadRefusals, ABiasOfAnotherSize) {
+  TempDir dir;
+  auto set = make_set(ctx, base);
+  save_adapter(dir.path(), set, ctx);
+  BaseModel<float, Cpu> short_bias = base.model;
+  const auto& bias = base.biases[0];
+  short_bias[kTwoModules[0]].bias = VectorView<const float, Cpu>(bias.data(), bias.cols() - 1);
+  expect_error([&] { load_adapter(dir.path(), short_bias, ctx); }, ErrorKind::io,
+               {kTwoModules[0], "the bias has 5 elements, out_features is 6"});
 }
 
 }  // namespace

@@ -10,29 +10,6 @@
 namespace peft::test {
 namespace {
 
-using json = nlohmann::ordered_json;
-
-/// Frozen layers of the given [out, in] shapes, owned, by module name.
-template <class T>
-struct Base {
-  std::vector<std::string> names;
-  std::vector<Matrix<T, Cpu>> weights, biases;
-  BaseModel<T, Cpu> model;
-
-  Base(std::vector<std::string> modules, std::vector<std::pair<index_t, index_t>> shapes)
-      : names(std::move(modules)) {
-    for (std::size_t i = 0; i < names.size(); ++i) {
-      weights.push_back(random_matrix<T>(shapes[i].first, shapes[i].second, 1 + std::uint32_t(i)));
-      biases.push_back(random_matrix<T>(1, shapes[i].first, 100 + std::uint32_t(i)));
-    }
-    for (std::size_t i = 0; i < names.size(); ++i)
-      model[names[i]] = {weights[i].view(),
-                         VectorView<const T, Cpu>(biases[i].data(), biases[i].cols())};
-  }
-};
-
-const std::vector<std::string> kModules = {"model.layers.0.self_attn.q_proj",
-                                           "model.layers.0.mlp.down_proj"};
 const std::vector<std::pair<index_t, index_t>> kShapes = {{6, 9}, {5, 11}};
 
 NolaConfig config(std::uint64_t seed = 7) {
@@ -66,7 +43,7 @@ std::vector<Matrix<T, Cpu>> outputs(HostCtx& ctx, AdapterSet<T, Cpu>& set) {
 }
 
 template <class T>
-AdapterSet<T, Cpu> make_set(HostCtx& ctx, Base<T>& base, const NolaConfig& c = config()) {
+AdapterSet<T, Cpu> make_set(HostCtx& ctx, OwnedBase<T>& base, const NolaConfig& c = config()) {
   AdapterSet<T, Cpu> set;
   for (const auto& name : base.names) set.template add<Nola>(ctx, name, base.model.at(name), c);
   randomise(ctx, set, 3);
@@ -75,7 +52,7 @@ AdapterSet<T, Cpu> make_set(HostCtx& ctx, Base<T>& base, const NolaConfig& c = c
 
 TEST(NolaFormat, RoundTripReproducesTheLayersBitForBit) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   auto set = make_set(ctx, base);
   TempDir dir;
   save_adapter(dir.path(), set, ctx, {.task_type = "CAUSAL_LM"});
@@ -84,8 +61,8 @@ TEST(NolaFormat, RoundTripReproducesTheLayersBitForBit) {
   ASSERT_EQ(loaded.modules(), set.modules());
   const auto a = outputs(ctx, set), b = outputs(ctx, loaded);
   for (std::size_t i = 0; i < a.size(); ++i)
-    EXPECT_TRUE(bitwise_equal(as_const(a[i].view()), as_const(b[i].view()))) << kModules[i];
-  for (const auto& module : kModules) {
+    EXPECT_TRUE(bitwise_equal(as_const(a[i].view()), as_const(b[i].view()))) << kTwoModules[i];
+  for (const auto& module : kTwoModules) {
     auto& l = loaded.template get<Nola<float, Cpu>>(module);
     auto& o = set.template get<Nola<float, Cpu>>(module);
     EXPECT_EQ(l.config().seed, 7u);
@@ -98,7 +75,7 @@ TEST(NolaFormat, RoundTripReproducesTheLayersBitForBit) {
   // The files: coefficients only, as vectors; the config says how to regenerate the bases.
   const auto reader = SafetensorsReader::open(dir / "adapter_model.safetensors");
   ASSERT_EQ(reader.tensors().size(), 4u);
-  const auto* alpha = reader.find("base_model.model." + kModules[0] + ".nola_alpha");
+  const auto* alpha = reader.find("base_model.model." + kTwoModules[0] + ".nola_alpha");
   ASSERT_NE(alpha, nullptr);
   EXPECT_EQ(alpha->shape, (std::vector<index_t>{10}));
   EXPECT_EQ(alpha->dtype, SafetensorsDtype::F32);
@@ -112,9 +89,9 @@ TEST(NolaFormat, RoundTripReproducesTheLayersBitForBit) {
   EXPECT_EQ(c["generator"]["name"], "philox4x32-10");
   EXPECT_EQ(c["generator"]["version"], 1);
   EXPECT_EQ(c["generator"]["basis_a"]["purpose"], 3);
-  EXPECT_EQ(c["modules"][kModules[1]]["in_features"], 11);
-  EXPECT_EQ(c["modules"][kModules[1]]["out_features"], 5);
-  EXPECT_EQ(c["modules"][kModules[1]]["basis_stream_id"], module_stream_id(kModules[1]));
+  EXPECT_EQ(c["modules"][kTwoModules[1]]["in_features"], 11);
+  EXPECT_EQ(c["modules"][kTwoModules[1]]["out_features"], 5);
+  EXPECT_EQ(c["modules"][kTwoModules[1]]["basis_stream_id"], module_stream_id(kTwoModules[1]));
   EXPECT_EQ(c["task_type"], "CAUSAL_LM");
 }
 
@@ -122,18 +99,18 @@ TEST(NolaFormat, RoundTripReproducesTheLayersBitForBit) {
 // loading set gives the module another stream_id.
 TEST(NolaFormat, LayersWithTheirOwnStreamKeepTheirBases) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   AdapterSet<float, Cpu> set;
-  for (std::size_t i = 0; i < kModules.size(); ++i)
-    set.add(kModules[i], Nola<float, Cpu>(ctx, base.weights[i].view(), config(),
-                                          {.stream_id = 1000 + std::uint32_t(i)},
-                                          base.model.at(kModules[i]).bias));
+  for (std::size_t i = 0; i < kTwoModules.size(); ++i)
+    set.add(kTwoModules[i], Nola<float, Cpu>(ctx, base.weights[i].view(), config(),
+                                             {.stream_id = 1000 + std::uint32_t(i)},
+                                             base.model.at(kTwoModules[i]).bias));
   randomise(ctx, set, 4);
   TempDir dir;
   save_adapter(dir.path(), set, ctx);
   auto loaded = load_adapter(dir.path(), base.model, ctx);
   using FNola = Nola<float, Cpu>;
-  EXPECT_EQ(loaded.template get<FNola>(kModules[1]).basis_stream_id(), 1001u);
+  EXPECT_EQ(loaded.template get<FNola>(kTwoModules[1]).basis_stream_id(), 1001u);
   const auto a = outputs(ctx, set), b = outputs(ctx, loaded);
   for (std::size_t i = 0; i < a.size(); ++i)
     EXPECT_TRUE(bitwise_equal(as_const(a[i].view()), as_const(b[i].view())));
@@ -141,7 +118,7 @@ TEST(NolaFormat, LayersWithTheirOwnStreamKeepTheirBases) {
 
 TEST(NolaFormat, BfloatModelsAndSixteenBitFilesRoundTrip) {
   HostCtx ctx;
-  Base<Eigen::bfloat16> base(kModules, kShapes);
+  OwnedBase<Eigen::bfloat16> base(kTwoModules, kShapes);
   auto set = make_set(ctx, base);
   TempDir same, narrow;
   save_adapter(same.path(), set, ctx);
@@ -152,28 +129,28 @@ TEST(NolaFormat, BfloatModelsAndSixteenBitFilesRoundTrip) {
     EXPECT_TRUE(bitwise_equal(as_const(a[i].view()), as_const(b[i].view())));
   // BF16 coefficients: rounded, close.
   auto rounded = load_adapter(narrow.path(), base.model, ctx);
-  auto p = rounded.template get<Nola<Eigen::bfloat16, Cpu>>(kModules[0]).parameters();
-  auto q = set.template get<Nola<Eigen::bfloat16, Cpu>>(kModules[0]).parameters();
+  auto p = rounded.template get<Nola<Eigen::bfloat16, Cpu>>(kTwoModules[0]).parameters();
+  auto q = set.template get<Nola<Eigen::bfloat16, Cpu>>(kTwoModules[0]).parameters();
   EXPECT_LT(relative_error(as_const(p[0].value), as_const(q[0].value)), 1e-2);
   EXPECT_GT(relative_error(as_const(p[0].value), as_const(q[0].value)), 0.0);
 }
 
 TEST(NolaFormat, SavingRefusesLayersThatDifferInSharedFields) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   AdapterSet<float, Cpu> set;
-  set.template add<Nola>(ctx, kModules[0], base.model.at(kModules[0]), config(7));
-  set.template add<Nola>(ctx, kModules[1], base.model.at(kModules[1]), config(8));
+  set.template add<Nola>(ctx, kTwoModules[0], base.model.at(kTwoModules[0]), config(7));
+  set.template add<Nola>(ctx, kTwoModules[1], base.model.at(kTwoModules[1]), config(8));
   TempDir dir;
   expect_error([&] { save_adapter(dir.path(), set, ctx); }, ErrorKind::invalid_argument,
-               {"save_adapter", kModules[1], "seed", "once for all modules"});
+               {"save_adapter", kTwoModules[1], "seed", "once for all modules"});
 }
 
 /// Saves a set, edits its config with `edit`, and expects load_adapter to refuse it.
 void expect_refused(const std::function<void(json&)>& edit,
                     std::initializer_list<std::string> needles, ErrorKind kind = ErrorKind::io) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   auto set = make_set(ctx, base);
   TempDir dir;
   save_adapter(dir.path(), set, ctx);
@@ -194,12 +171,12 @@ TEST(NolaFormat, LoadingRefusesWhatCannotRegenerateTheBases) {
   expect_refused([](json& c) { c.erase("num_basis_a"); }, {"num_basis_a is missing"});
   expect_refused([](json& c) { c["num_basis_b"] = 0; }, {"num_basis_b must be an integer >= 1"});
   expect_refused([](json& c) { c["lora_dropout"] = 1.0; }, {"lora_dropout", "[0, 1)"});
-  expect_refused([](json& c) { c["modules"].erase(kModules[1]); },
-                 {kModules[1], "no entry for it"});
-  expect_refused([](json& c) { c["modules"][kModules[0]]["basis_stream_id"] = -4; },
+  expect_refused([](json& c) { c["modules"].erase(kTwoModules[1]); },
+                 {kTwoModules[1], "no entry for it"});
+  expect_refused([](json& c) { c["modules"][kTwoModules[0]]["basis_stream_id"] = -4; },
                  {"basis_stream_id must be an integer"});
-  expect_refused([](json& c) { c["modules"][kModules[0]]["in_features"] = 10; },
-                 {kModules[0], "trained on in_features 10", "bases depend on the shape"});
+  expect_refused([](json& c) { c["modules"][kTwoModules[0]]["in_features"] = 10; },
+                 {kTwoModules[0], "trained on in_features 10", "bases depend on the shape"});
   // Another basis count than the tensors hold.
   expect_refused([](json& c) { c["num_basis_a"] = 11; },
                  {"nola_alpha is [10]", "expected [11]", "num_basis_a"});
@@ -209,13 +186,26 @@ TEST(NolaFormat, LoadingRefusesWhatCannotRegenerateTheBases) {
 
 TEST(NolaFormat, LoadingRefusesAnotherBase) {
   HostCtx ctx;
-  Base<float> base(kModules, kShapes);
+  OwnedBase<float> base(kTwoModules, kShapes);
   auto set = make_set(ctx, base);
   TempDir dir;
   save_adapter(dir.path(), set, ctx);
-  Base<float> other(kModules, {{6, 9}, {5, 12}});
+  OwnedBase<float> other(kTwoModules, {{6, 9}, {5, 12}});
   expect_error([&] { load_adapter(dir.path(), other.model, ctx); }, ErrorKind::io,
-               {kModules[1], "the base weight is 5 x 12", "in_features 11"});
+               {kTwoModules[1], "the base weight is 5 x 12", "in_features 11"});
+}
+
+TEST(NolaFormat, LoadingRefusesABiasOfAnotherSize) {
+  HostCtx ctx;
+  OwnedBase<float> base(kTwoModules, kShapes);
+  auto set = make_set(ctx, base);
+  TempDir dir;
+  save_adapter(dir.path(), set, ctx);
+  BaseModel<float, Cpu> short_bias = base.model;
+  const auto& bias = base.biases[1];
+  short_bias[kTwoModules[1]].bias = VectorView<const float, Cpu>(bias.data(), bias.cols() - 1);
+  expect_error([&] { load_adapter(dir.path(), short_bias, ctx); }, ErrorKind::io,
+               {kTwoModules[1], "the bias has 4 elements, out_features is 5"});
 }
 
 }  // namespace

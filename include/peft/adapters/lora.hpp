@@ -66,8 +66,7 @@ class LoraFactors {
   const LoraConfig& config() const noexcept { return config_; }
 
   LowRankShape shape(index_t in, index_t out, const LayerOptions& options) const {
-    return {
-        in, out, config_.r, config_.scaling(), config_.dropout, config_.seed, options.stream_id};
+    return low_rank_shape(config_, in, out, options);
   }
 
   /// PEFT's inits, drawn on the host from Philox (bit-identical on every backend).

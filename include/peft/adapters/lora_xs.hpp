@@ -83,8 +83,7 @@ class LoraXsFactors {
   const LoraXsConfig& config() const noexcept { return config_; }
 
   LowRankShape shape(index_t in, index_t out, const LayerOptions& options) const {
-    return {
-        in, out, config_.r, config_.scaling(), config_.dropout, config_.seed, options.stream_id};
+    return low_rank_shape(config_, in, out, options);
   }
 
   /// R ~ N(0, init_std²) drawn on the host from Philox (stream: seed, stream_id, init, 0), or 0.

@@ -28,6 +28,14 @@
 
 namespace peft::detail {
 
+/// The path's shape for a method whose config has LoRA's r, scaling(), dropout and seed (LoRA,
+/// LoRA-XS, NOLA): what their `shape(in, out, options)` returns.
+template <class Config>
+LowRankShape low_rank_shape(const Config& config, index_t in, index_t out,
+                            const LayerOptions& options) {
+  return {in, out, config.r, config.scaling(), config.dropout, config.seed, options.stream_id};
+}
+
 template <class Derived, class Method, class T, class B>
 class LowRankLayer : public MergeOps<Derived, T, B>, public HandleAnchor<Derived> {
  public:

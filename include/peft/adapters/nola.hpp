@@ -69,8 +69,7 @@ class NolaFactors {
   const NolaConfig& config() const noexcept { return config_; }
 
   LowRankShape shape(index_t in, index_t out, const LayerOptions& options) const {
-    return {
-        in, out, config_.r, config_.scaling(), config_.dropout, config_.seed, options.stream_id};
+    return low_rank_shape(config_, in, out, options);
   }
 
   /// α = β = 0; the streams of A0 (LoRA's kaiming-uniform A: purpose init, member 0) and of the

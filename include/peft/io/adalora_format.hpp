@@ -40,6 +40,7 @@
 #include "adapter_format.hpp"
 #include "config_reader.hpp"
 #include "config_writer.hpp"
+#include "layer_shape.hpp"
 #include "module_tensors.hpp"
 
 namespace peft {
@@ -188,10 +189,9 @@ struct AdaLoraFormat : FormatTypes<AdaLora, AdaLoraAdapterConfig, AdaLoraSaveOpt
                                                              const LoadOptions& options) {
     using P = param_t<T>;
     const MatrixView<const T, B>& w = base.weight;
-    const index_t in = file.fan_in_fan_out ? w.rows() : w.cols();
-    const index_t out = file.fan_in_fan_out ? w.cols() : w.rows();
-    if (!base.bias.empty() && base.bias.size() != out)
-      src.fail("the bias has ", base.bias.size(), " elements, out_features is ", out);
+    const detail::LayerFeatures features =
+        detail::checked_layer_features(src, base, file.fan_in_fan_out);
+    const index_t in = features.in, out = features.out;
     for (const auto& [listed, keep] : file.rank_pattern)
       if (!src.reader.contains(tensor_key(listed, "lora_E")))
         throw Error(ErrorKind::io, detail::concat(src.where, ": rank_pattern lists module '",

@@ -37,6 +37,7 @@
 #include "adapter_format.hpp"
 #include "config_reader.hpp"
 #include "config_writer.hpp"
+#include "layer_shape.hpp"
 #include "module_tensors.hpp"
 
 namespace peft {
@@ -70,16 +71,12 @@ struct LoraXsAdapterConfig {
 
   /// The layers' config: with stored factors, no SVD at construction (they are restored).
   LoraXsConfig layer_config() const {
-    return LoraXsConfig{
-        .r = r,
-        .alpha = lora_alpha,
-        .dropout = lora_dropout,
-        .fan_in_fan_out = fan_in_fan_out,
-        .init = init,
-        .init_std = init_std,
-        .seed = seed,
-        .svd = svd,
-        .frozen = factors == LoraXsFactorStorage::stored ? LoraXsFrozen::later : LoraXsFrozen::svd};
+    auto c = detail::low_rank_layer_config<LoraXsConfig>(*this);
+    c.init = init;
+    c.init_std = init_std;
+    c.svd = svd;
+    c.frozen = factors == LoraXsFactorStorage::stored ? LoraXsFrozen::later : LoraXsFrozen::svd;
+    return c;
   }
 
   /// Parses the fields; `source` names the file in messages. Every field that the factors or R's
@@ -164,15 +161,13 @@ struct LoraXsFormat : FormatTypes<LoraXs, LoraXsAdapterConfig, LoraXsSaveOptions
   read_module(const FileConfig& file, const ModuleSource& src, const BaseLinear<T, B>& base,
               const LoadOptions&) {
     using P = param_t<T>;
-    const MatrixView<const T, B>& w = base.weight;
-    const index_t in = file.fan_in_fan_out ? w.rows() : w.cols();
-    const index_t out = file.fan_in_fan_out ? w.cols() : w.rows();
+    const detail::LayerFeatures features =
+        detail::checked_layer_features(src, base, file.fan_in_fan_out);
+    const index_t in = features.in, out = features.out;
     const index_t r = file.r;
     if (r > std::min(in, out))
       src.fail("r = ", r, " exceeds min(in_features, out_features) = ", std::min(in, out),
-               " of the base weight ", shape_string(w));
-    if (!base.bias.empty() && base.bias.size() != out)
-      src.fail("the bias has ", base.bias.size(), " elements, out_features is ", out);
+               " of the base weight ", shape_string(base.weight));
     const auto read = [&](std::string_view suffix, index_t rows, index_t cols, const char* what) {
       const SafetensorsTensorInfo* t = src.tensors.find(suffix);
       if (t == nullptr) src.fail("it has no ", suffix, " (", what, ")");

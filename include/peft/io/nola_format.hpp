@@ -36,6 +36,7 @@
 #include "adapter_format.hpp"
 #include "config_reader.hpp"
 #include "config_writer.hpp"
+#include "layer_shape.hpp"
 #include "module_tensors.hpp"
 
 namespace peft {
@@ -69,14 +70,11 @@ struct NolaAdapterConfig {
   }
 
   NolaConfig layer_config(std::uint32_t basis_stream_id) const {
-    return NolaConfig{.r = r,
-                      .alpha = lora_alpha,
-                      .num_basis_a = num_basis_a,
-                      .num_basis_b = num_basis_b,
-                      .dropout = lora_dropout,
-                      .fan_in_fan_out = fan_in_fan_out,
-                      .seed = seed,
-                      .basis_stream_id = basis_stream_id};
+    auto c = detail::low_rank_layer_config<NolaConfig>(*this);
+    c.num_basis_a = num_basis_a;
+    c.num_basis_b = num_basis_b;
+    c.basis_stream_id = basis_stream_id;
+    return c;
   }
 
   /// Parses the fields; `source` names the file in messages. Every field that the bases depend
@@ -163,16 +161,14 @@ struct NolaFormat : FormatTypes<Nola, NolaAdapterConfig> {
     const NolaModuleRecord* record = file.find(src.module());
     if (record == nullptr)
       src.fail("adapter_config.json's modules has no entry for it (its basis stream and shape)");
-    const MatrixView<const T, B>& w = base.weight;
-    const index_t in = file.fan_in_fan_out ? w.rows() : w.cols();
-    const index_t out = file.fan_in_fan_out ? w.cols() : w.rows();
+    const detail::LayerFeatures features =
+        detail::checked_layer_features(src, base, file.fan_in_fan_out);
+    const index_t in = features.in, out = features.out;
     if (in != record->in_features || out != record->out_features)
-      src.fail("the base weight is ", shape_string(w),
+      src.fail("the base weight is ", shape_string(base.weight),
                file.fan_in_fan_out ? " [in, out]" : " [out, in]",
                ", the adapter was trained on in_features ", record->in_features,
                " and out_features ", record->out_features, " (its bases depend on the shape)");
-    if (!base.bias.empty() && base.bias.size() != out)
-      src.fail("the bias has ", base.bias.size(), " elements, out_features is ", out);
     LoadedModule<P, NolaConfig> loaded{file.layer_config(record->basis_stream_id)};
     for (const ParameterKey& key : parameter_keys) {
       const index_t k = key.parameter == "nola_alpha" ? file.num_basis_a : file.num_basis_b;
