@@ -61,7 +61,7 @@ inline constexpr index_t kOuterPrefetch = 16;
 
 /// Multiply-adds below which a skinny product runs on one thread: waking sleeping OpenMP
 /// threads costs about as much as this much work on one core.
-inline constexpr double kSkinnyParallelFma = double(1 << 20);
+inline constexpr double kSkinnyParallelFma = double(1 << 22);
 
 enum class SkinnyIsa { none, avx2, avx512 };
 
@@ -182,7 +182,7 @@ struct Vec {
   }
 };
 // 32 registers: tiles of up to 24 accumulators plus the operands.
-inline constexpr int kRows1 = 16, kRows2 = 8, kRows4 = 5;
+inline constexpr int kRows1 = 16, kRows2 = 8, kRows4 = 6;
 inline constexpr int kOuterSmall = 8, kOuterVectors = 3;
 inline constexpr int kDotsRows = 4, kDotsCols = 4;
 #include "skinny_gemm_kernels.inl"

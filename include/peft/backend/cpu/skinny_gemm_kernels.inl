@@ -33,6 +33,12 @@ PEFT_SKINNY_FN void rows_tile(index_t rows, index_t depth, const float* x, index
   PEFT_SKINNY_UNROLL(16)
   for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(4)
   for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
+  if (!first || beta != 0.0f) {  // C is read at the end: ask for it now
+    PEFT_SKINNY_UNROLL(16)
+    for (int r = 0; r < R; ++r) PEFT_SKINNY_UNROLL(4)
+    for (int v = 0; v < NV; ++v)
+      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + v * Vec::W), _MM_HINT_T0);
+  }
   const bool whole = cols >= NV * Vec::W;  // else the panel may end inside the last vector
   for (index_t kk = 0; kk < depth; ++kk) {
     const float* pk = panel + kk * ldp;
