@@ -6,7 +6,8 @@
 //   BM_SkinnyThreads/case/n/in/out/r skinny kernel on the Context's threads  vs  on one thread
 //
 // case: 0 xa = x Aᵀ, 1 y = s xa Bᵀ, 2 dB += s dyᵀ xa, 3 dxa = s dy B, 4 dA += dxaᵀ x,
-//       5 dx += dxa A   (x [n, in], A [r, in], B [out, r], dy [n, out])
+//       5 dx += dxa A   (x [n, in], A [r, in], B [out, r], dy [n, out]); with few rows
+//       (n <= 32) also the base: 6 y = x W0ᵀ, 7 dx = dy W0 (W0 [out, in])
 // Timing as in bench_lora (bench_util.hpp's run_paired). Counters:
 //   vs_provider  median of per-iteration (skinny / provider) times
 //   vs_1thread   median of per-iteration (threaded skinny / one-thread skinny) times
@@ -42,7 +43,8 @@ struct Product {
     const std::tuple<Op, Op, index_t, index_t, index_t, double> cases[] = {
         {Op::N, Op::T, rows, r, in, 0.0},  {Op::N, Op::T, rows, out, r, 0.0},
         {Op::T, Op::N, out, r, rows, 1.0}, {Op::N, Op::N, rows, r, out, 0.0},
-        {Op::T, Op::N, r, in, rows, 1.0},  {Op::N, Op::N, rows, in, r, 1.0}};
+        {Op::T, Op::N, r, in, rows, 1.0},  {Op::N, Op::N, rows, in, r, 1.0},
+        {Op::N, Op::T, rows, out, in, 0.0}, {Op::N, Op::N, rows, in, out, 0.0}};
     std::tie(op_a, op_b, m, n, k, beta) = cases[which];
     alpha = 2.0;
     a = op_a == Op::N ? Mat(m, k) : Mat(k, m);
@@ -113,7 +115,7 @@ void register_all() {
                                                                         {512, 2048, 2048, 64},
                                                                         {2048, 4096, 4096, 16}};
   for (const auto& [n, in, out, r] : kShapes)
-    for (int which = 0; which < 6; ++which)
+    for (int which = 0; which < (n <= 32 ? 8 : 6); ++which)  // the base too when few rows
       benchmark::RegisterBenchmark("BM_SkinnyGemm", BM_SkinnyGemm)
           ->Args({which, n, in, out, r})
           ->Unit(benchmark::kMicrosecond);
