@@ -41,9 +41,9 @@ struct Product {
   Product(int which, index_t rows, index_t in, index_t out, index_t r) {
     // (op_a, op_b, m, n, k, beta) of each case, in the layer's orientations.
     const std::tuple<Op, Op, index_t, index_t, index_t, double> cases[] = {
-        {Op::N, Op::T, rows, r, in, 0.0},  {Op::N, Op::T, rows, out, r, 0.0},
-        {Op::T, Op::N, out, r, rows, 1.0}, {Op::N, Op::N, rows, r, out, 0.0},
-        {Op::T, Op::N, r, in, rows, 1.0},  {Op::N, Op::N, rows, in, r, 1.0},
+        {Op::N, Op::T, rows, r, in, 0.0},   {Op::N, Op::T, rows, out, r, 0.0},
+        {Op::T, Op::N, out, r, rows, 1.0},  {Op::N, Op::N, rows, r, out, 0.0},
+        {Op::T, Op::N, r, in, rows, 1.0},   {Op::N, Op::N, rows, in, r, 1.0},
         {Op::N, Op::T, rows, out, in, 0.0}, {Op::N, Op::N, rows, in, out, 0.0}};
     std::tie(op_a, op_b, m, n, k, beta) = cases[which];
     alpha = 2.0;
