@@ -171,8 +171,11 @@ struct Vec {
     quarter = _mm_hadd_ps(quarter, quarter);
     return _mm_cvtss_f32(_mm_hadd_ps(quarter, quarter));
   }
+  /// The first `count` lanes; none when count <= 0 (a vector wholly past the operand's end).
   PEFT_SKINNY_FN static __mmask16 mask(index_t count) {
-    return count >= W ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+    return count >= W   ? __mmask16(0xFFFF)
+           : count <= 0 ? __mmask16(0)
+                        : __mmask16((1u << count) - 1);
   }
   PEFT_SKINNY_FN static V load_n(const float* p, index_t count) {
     return _mm512_maskz_loadu_ps(mask(count), p);
@@ -209,6 +212,7 @@ struct Vec {
     half = _mm_hadd_ps(half, half);
     return _mm_cvtss_f32(_mm_hadd_ps(half, half));
   }
+  /// The first `count` lanes; none when count <= 0.
   PEFT_SKINNY_FN static __m256i mask(index_t count) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<index_t>(count, W))),
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
