@@ -11,16 +11,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../../scripts/lib/build.sh
 source "$here/../../scripts/lib/build.sh"
+# shellcheck source=venv.sh
+source "$here/venv.sh"
 
 venv="${PEFT_COMPARE_VENV:-$here/.venv}"
 peft_prepare
-peft_ensure_packages fortunes python3-venv
-if ! "$venv/bin/python" -c "import torch, peft, safetensors" 2>/dev/null; then
-  peft_log "making $venv (PyTorch for the CPU, PEFT, safetensors)"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu torch
-  "$venv/bin/pip" install --quiet peft safetensors
-fi
+peft_ensure_packages fortunes
+peft_compare_venv "$venv"
 peft_build transformer_demo
 
 # Both sides: threads that sleep when idle (busy-waiting OpenMP threads on a shared 2-core
